@@ -1,0 +1,1 @@
+"""Stage handlers: one module per workflow stage, pure decisions over idempotent effects."""

@@ -1,0 +1,34 @@
+"""payment: charge the order total through the gateway, idempotently per order attempt."""
+
+from __future__ import annotations
+
+from streamproc.context import StageContext
+from streamproc.gateway import Charge, idempotency_key
+from streamproc.transport import Decision, Message
+
+
+class PaymentHandler:
+    """reserved → paid, or declined (then the rollback stage releases the stock)."""
+
+    stage = "payment"
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.gateway = ctx.gateway
+
+    async def handle(self, batch: list[Message]) -> list[Decision]:
+        """One gateway call per batch; many batches are in flight at once (run loop)."""
+        charges = [
+            Charge(
+                idempotency_key(m.order_id, m.attempt),
+                m.order_id,
+                m.order.total_cents,
+                m.order.currency,
+            )
+            for m in batch
+            if m.order
+        ]
+        results = await self.gateway.charge(charges)
+        return [
+            Decision(m, "paid", "ok") if r.approved else Decision(m, "declined", "declined")
+            for m, r in zip(batch, results, strict=True)
+        ]

@@ -1,0 +1,5 @@
+"""`python -m streamproc` runs the CLI."""
+
+from streamproc.cli import main
+
+main()

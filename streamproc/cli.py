@@ -1,0 +1,383 @@
+"""The `streamproc` command line: parses options and delegates; every option also reads
+STREAMPROC_<COMMAND>_<OPTION> from the environment (click's auto_envvar_prefix)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import msgspec
+import redis
+
+from streamproc import __version__
+from streamproc.connection import describe_connection_error, resolve_redis_url, sync_client
+from streamproc.embedded import embedded_status, stop_embedded
+from streamproc.errors import ConfigError, InputFileError, ServerError, StreamprocError
+from streamproc.keys import Keys
+from streamproc.settings import Settings
+
+EXIT_OK, EXIT_SOME_REJECTED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Env:
+    """Per-invocation state: the settings and a lazily resolved server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The server URL, starting the embedded server when none is configured."""
+        if self._url is None:
+            self._url, description = resolve_redis_url(self.settings)
+            click.echo(f"streamproc: using {description}", err=True)
+        return self._url
+
+    def client(self) -> redis.Redis:
+        """A blocking client, checked with PING so failures surface before any work."""
+        client = sync_client(self.url, retries=1)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise describe_connection_error(self.url, exc) from None
+        return client
+
+
+def fail(message: str, code: int) -> None:
+    """Print a one-line error and exit."""
+    click.echo(f"streamproc: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn expected failures into a one-line message and an exit code, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        env: Env | None = click.get_current_context().find_object(Env)
+        try:
+            return func(*args, **kwargs)
+        except (InputFileError, ConfigError) as exc:
+            fail(str(exc), EXIT_USAGE)
+        except ServerError as exc:
+            fail(str(exc), EXIT_SERVER)
+        except StreamprocError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except redis.RedisError as exc:
+            url = env._url if env and env._url else "the server"
+            fail(str(describe_connection_error(url, exc)), EXIT_SERVER)
+        except BrokenPipeError:
+            sys.exit(EXIT_OK)  # output piped into head & co.
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"auto_envvar_prefix": "STREAMPROC", "show_default": True})
+@click.version_option(__version__, prog_name="streamproc")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Process order CSVs through reserve → payment → finalize/rollback → notify on Redis Streams.
+
+    Configuration comes from STREAMPROC_* environment variables (see README).
+    """
+    level = os.environ.get("STREAMPROC_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        ctx.obj = Env(Settings.from_env())
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+pass_env = click.make_pass_decorator(Env)
+
+
+@main.command()
+@click.argument("file", type=str)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Re-submit orders that ended failed, rolled_back or "
+    "dead_lettered (never a completed one).",
+)
+@click.option(
+    "--rejects",
+    "rejects_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where rejected rows go (default: <FILE>.rejects.csv).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(1, 10_000), default=500, help="Orders per server-side call."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option(
+    "--wait",
+    "wait_s",
+    is_flag=False,
+    flag_value=600.0,
+    default=None,
+    type=float,
+    help="After importing, wait (up to S seconds, default 600) until every stage is drained.",
+)
+@pass_env
+@handle_errors
+def ingest(
+    env: Env,
+    file: str,
+    force: bool,
+    rejects_path: Path | None,
+    batch_size: int,
+    as_json: bool,
+    wait_s: float | None,
+) -> None:
+    """Import an orders CSV (path, .gz, or - for stdin). Exit 0 ok, 1 some rows rejected,
+    2 unusable file, 3 server unreachable."""
+    from streamproc.ingest import ingest_file
+    from streamproc.status import wait_drained
+    from streamproc.transport import ensure_groups_sync
+
+    client = env.client()
+    ensure_groups_sync(client, env.keys)
+    with _progress_bar(enabled=not as_json and sys.stderr.isatty()) as progress:
+        result = ingest_file(
+            client,
+            env.keys,
+            file,
+            env.settings.default_currency,
+            force=force,
+            rejects_path=rejects_path,
+            batch_size=batch_size,
+            progress=progress,
+            on_unknown_columns=lambda cols: click.echo(
+                f"streamproc: ignoring unknown column(s): {', '.join(cols)}", err=True
+            ),
+        )
+    if as_json:
+        click.echo(msgspec.json.encode(result).decode())
+    else:
+        click.echo(result.summary_line())
+    if wait_s is not None and wait_drained(client, env.keys, wait_s) is None:
+        fail(f"stages not drained after {wait_s:g} s", EXIT_SOME_REJECTED)
+    sys.exit(EXIT_SOME_REJECTED if result.rejected else EXIT_OK)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Callable[[int, int | None], None] | None]:
+    if not enabled:
+        yield None
+        return
+    with click.progressbar(
+        length=1, label="ingesting", file=sys.stderr, show_pos=False, show_percent=True
+    ) as bar:
+
+        def update(done: int, total: int | None) -> None:
+            if total:
+                bar.length = total
+                bar.update(done - bar.pos)
+
+        yield update
+
+
+@main.command()
+@click.option("--stage", required=True, help="reserve, payment, finalize, rollback, notify or all.")
+@click.option("--consumer", help="Consumer name (default: host-pid, unique per process).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 100_000),
+    help="Messages in flight per stage (default: 2000 for payment, 2 batches otherwise).",
+)
+@pass_env
+@handle_errors
+def consume(env: Env, stage: str, consumer: str | None, concurrency: int | None) -> None:
+    """Run stage consumers until SIGTERM/SIGINT (first: finish in-flight work; second: exit)."""
+    from streamproc.stages import resolve_stages
+    from streamproc.worker import default_consumer_name, run_worker
+
+    stages = resolve_stages(stage)
+    url = env.url
+    env.client().close()  # fail fast and clearly when the server is not there
+    _use_uvloop()
+    code = asyncio.run(
+        run_worker(env.settings, url, stages, consumer or default_consumer_name(), concurrency)
+    )
+    sys.exit(code)
+
+
+def _use_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_env
+@handle_errors
+def status(env: Env, as_json: bool) -> None:
+    """Stage streams, orders by state, dead letters and stock."""
+    from streamproc.status import collect_status
+    from streamproc.views import print_status
+
+    result = collect_status(env.client(), env.keys)
+    if as_json:
+        click.echo(msgspec.json.encode(result).decode())
+    else:
+        print_status(result)
+
+
+@main.command()
+@click.option(
+    "--timeout", "timeout_s", type=click.FloatRange(0), default=600.0, help="Seconds to wait."
+)
+@pass_env
+@handle_errors
+def wait(env: Env, timeout_s: float) -> None:
+    """Exit 0 once every stage is drained, 1 on timeout."""
+    from streamproc.status import wait_drained
+
+    if wait_drained(env.client(), env.keys, timeout_s) is None:
+        fail(f"not drained after {timeout_s:g} s", 1)
+    click.echo("drained")
+
+
+@main.group()
+def stock() -> None:
+    """The stock catalogue."""
+
+
+@stock.command("load")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--keep-existing", is_flag=True, help="Leave SKUs that already exist untouched.")
+@pass_env
+@handle_errors
+def stock_load(env: Env, file: Path, keep_existing: bool) -> None:
+    """Load products CSV (sku,name,price,stock): sets each SKU's available stock."""
+    from streamproc.stock import load_catalogue
+
+    loaded, kept = load_catalogue(env.client(), env.keys, file, keep_existing)
+    click.echo(f"loaded {loaded} SKUs" + (f", kept {kept} existing" if kept else ""))
+
+
+@stock.command("set")
+@click.argument("sku")
+@click.argument("quantity", type=click.IntRange(0))
+@pass_env
+@handle_errors
+def stock_set(env: Env, sku: str, quantity: int) -> None:
+    """Set the available stock of one SKU."""
+    from streamproc.stock import set_stock
+
+    set_stock(env.client(), env.keys, sku, quantity)
+    click.echo(f"{sku}: {quantity} available")
+
+
+@stock.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_env
+@handle_errors
+def stock_show(env: Env, as_json: bool) -> None:
+    """Every SKU with initial, available, reserved and committed units."""
+    from streamproc.stock import show_stock
+    from streamproc.views import print_stock
+
+    rows = show_stock(env.client(), env.keys)
+    if as_json:
+        click.echo(msgspec.json.encode(rows).decode())
+    else:
+        print_stock(rows)
+
+
+@main.group()
+def orders() -> None:
+    """Orders."""
+
+
+@orders.command("export")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write (default: standard output).",
+)
+@pass_env
+@handle_errors
+def orders_export(env: Env, fmt: str, output: Path | None) -> None:
+    """Every order with state, lines, total, payment outcome and gateway charge count."""
+    from streamproc.export import iter_orders, write_csv, write_jsonl
+
+    client = env.client()
+    writer = write_csv if fmt == "csv" else write_jsonl
+    if output is None:
+        count = writer(iter_orders(client, env.keys), sys.stdout)
+    else:
+        tmp = output.with_name(output.name + ".part")
+        with tmp.open("w", encoding="utf-8", newline="") as handle:
+            count = writer(iter_orders(client, env.keys), handle)
+        tmp.replace(output)  # readers never see a half-written export
+    click.echo(f"exported {count} orders", err=True)
+
+
+@main.group()
+def server() -> None:
+    """The embedded server (used when STREAMPROC_REDIS_URL is unset)."""
+
+
+@server.command("start")
+@pass_env
+@handle_errors
+def server_start(env: Env) -> None:
+    """Start (or reuse) the embedded server and print its URL."""
+    if env.settings.redis_url:
+        raise ConfigError("STREAMPROC_REDIS_URL is set: no embedded server is used")
+    click.echo(env.url)
+
+
+@server.command("stop")
+@pass_env
+@handle_errors
+def server_stop(env: Env) -> None:
+    """Stop the embedded server (its data stays in the home directory)."""
+    stopped = stop_embedded(env.settings.home_dir)
+    click.echo("stopped" if stopped else "not running")
+
+
+@server.command("status")
+@pass_env
+@handle_errors
+def server_status(env: Env) -> None:
+    """Whether the embedded server runs, and where."""
+    found = embedded_status(env.settings.home_dir)
+    if found is None:
+        fail("embedded server not running", 1)
+    else:
+        click.echo(f"running: {found.url} pid {found.pid} data {found.home_dir}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", help="Address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, help="Port to bind.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, help="Worker processes.")
+@pass_env
+@handle_errors
+def api(env: Env, host: str, port: int, workers: int) -> None:
+    """Serve the HTTP API with uvicorn."""
+    import uvicorn
+
+    os.environ["STREAMPROC_REDIS_URL"] = env.url  # workers re-read settings from the environment
+    uvicorn.run(
+        "api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info"
+    )

@@ -1,0 +1,129 @@
+"""Where Redis is and how to talk to it: URL resolution, configured clients, readable errors."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from streamproc.embedded import ensure_embedded
+from streamproc.errors import ServerError
+from streamproc.settings import Settings
+
+CONNECT_TIMEOUT_S = 2.0
+# Must exceed the longest XREADGROUP BLOCK a caller issues; a hung server still surfaces.
+SOCKET_TIMEOUT_S = 10.0
+HEALTH_CHECK_INTERVAL_S = 15
+# 0.1, 0.2, 0.4, 0.8, 1.6, 2 s: about 5 s in all, enough to ride out a server restart.
+RETRY_BASE_S = 0.05
+RETRY_CAP_S = 2.0
+RETRIES = 6
+DEFAULT_PORT = 6379
+
+
+def resolve_redis_url(settings: Settings) -> tuple[str, str]:
+    """The URL to use and a one-line description of it (password masked)."""
+    if settings.redis_url:
+        return settings.redis_url, f"{_masked(settings.redis_url)} from STREAMPROC_REDIS_URL"
+    server = ensure_embedded(settings.home_dir)
+    return server.url, f"embedded valkey at {server.url} (data in {server.home_dir})"
+
+
+def sync_client(
+    url: str,
+    client_name: str | None = None,
+    socket_timeout_s: float | None = SOCKET_TIMEOUT_S,
+    retries: int = RETRIES,
+) -> redis.Redis:
+    """A blocking client (bytes replies) that retries connection errors with backoff."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=socket_timeout_s,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=Retry(ExponentialBackoff(cap=RETRY_CAP_S, base=RETRY_BASE_S), retries),
+        client_name=client_name,
+    )
+
+
+def async_client(
+    url: str,
+    max_connections: int = 64,
+    client_name: str | None = None,
+    socket_timeout_s: float | None = SOCKET_TIMEOUT_S,
+    retries: int = RETRIES,
+) -> redis.asyncio.Redis:
+    """An asyncio client (bytes replies) whose pool waits for a free connection, never fails."""
+    # A plain pool raises "Too many connections" under a burst; the blocking pool queues instead.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=None,
+        decode_responses=False,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=socket_timeout_s,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=redis.asyncio.retry.Retry(
+            ExponentialBackoff(cap=RETRY_CAP_S, base=RETRY_BASE_S), retries
+        ),
+        client_name=client_name,
+    )
+    return redis.asyncio.Redis.from_pool(pool)
+
+
+def describe_connection_error(url: str, exc: Exception) -> ServerError:
+    """A one-line ServerError naming host:port and the reason, never the password."""
+    reason = _reason(exc)
+    password = urlsplit(url).password
+    if password:
+        reason = reason.replace(password, "***")
+    error = ServerError(f"cannot reach Redis at {_address(url)}: {reason}")
+    error.__cause__ = exc
+    return error
+
+
+def _reason(exc: BaseException) -> str:
+    # redis-py wraps the socket error; the OS's own words ("Connection refused") read best.
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and (seen.errno or seen.strerror):
+            # asyncio's strerror is "Connect call failed (...)"; the errno text is the same as sync.
+            if isinstance(seen.errno, int) and seen.errno > 0:
+                return os.strerror(seen.errno)
+            return str(seen.strerror)
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, redis.TimeoutError | TimeoutError):
+        return "timed out"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.rstrip(".")
+
+
+def _address(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        return host
+    return f"{host}:{port}"
+
+
+def _masked(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        db = f"?{parts.query}" if parts.query else ""
+        return f"unix://{parts.path}{db}"
+    user = parts.username or ""
+    credentials = f"{user}:***@" if parts.password else (f"{user}@" if user else "")
+    db = parts.path.strip("/") or "0"
+    return f"{parts.scheme}://{credentials}{_address(url)}/{db}"

@@ -1,0 +1,358 @@
+"""Streaming parse and validation of the orders CSV (SPEC §2) into Orders and rejected rows."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import TextIO, TypeVar
+
+from streamproc.errors import InputFileError
+from streamproc.models import Line, Order
+
+REQUIRED_COLUMNS = (
+    "order_id",
+    "customer_id",
+    "customer_name",
+    "product_sku",
+    "quantity",
+    "unit_price",
+    "order_date",
+)
+OPTIONAL_COLUMNS = ("product_name", "currency", "customer_email")
+MAX_LINES_PER_ORDER = 10_000
+MAX_CUSTOMER_ID = 2**53 - 1  # the largest integer a JSON/JavaScript client reads exactly
+MAX_QUANTITY = 100_000
+_CACHE_SIZE = 32_768  # entries per cache of already-checked cell values: memory stays bounded
+
+_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_PRICE_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,2})?")
+_NUMBER_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_DAY = r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+_TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+_DAY_RE = re.compile(_DAY)
+_DAY_TIME_RE = re.compile(f"{_DAY} {_TIME}")
+# Days 01-28 of years 1000-9999 exist in every month, so this match needs no calendar check.
+_SAFE_DAY_TIME_RE = re.compile(r"[1-9][0-9]{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8]) " + _TIME)
+_ISO_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:[.,][0-9]+)?)?"
+    r"(Z|([+-])([0-9]{2})(?::?([0-9]{2}))?)?",
+    re.IGNORECASE,
+)
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+_T = TypeVar("_T")
+_ID_RULE = "must be 1-64 characters of A-Z a-z 0-9 . _ -"
+_TEXT_RULE = "longer than 200 characters"
+_DATE_RULE = "must be YYYY-MM-DD HH:MM:SS, YYYY-MM-DD or ISO 8601 with an offset"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedOrder:
+    """A valid order, the line its first row starts on, and how many rows it spans."""
+
+    order: Order
+    line: int
+    row_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """A row that will not be imported: its line, its original cells, and why."""
+
+    line: int
+    values: list[str]
+    reason: str
+
+
+class _Reject(Exception):
+    """A row breaks a rule; the message is the one-line reason."""
+
+
+# A valid row: customer_id, customer_name, currency, order_date, email, its order line.
+_Fields = tuple[int, str, str, str, str, Line]
+_SHARED_FIELDS = (("customer_id", 0), ("currency", 2), ("order_date", 3))
+# A buffered row of the current order: line, original cells, fields (None if invalid), reason.
+_Entry = tuple[int, list[str], _Fields | None, str]
+
+
+class OrderReader:
+    """Iterate a CSV text stream as ParsedOrder / RejectedRow, in file order, in bounded memory."""
+
+    def __init__(self, text: TextIO, default_currency: str, source_name: str = "input") -> None:
+        self.source_name = source_name
+        self.rows = 0  # data rows read; runs up to one order ahead of what has been yielded
+        self._csv = csv.reader(text)
+        header = next(self._csv, None)
+        if header is None:
+            raise InputFileError(f"{source_name}: file is empty")
+        self.header: list[str] = header
+        self.unknown_columns: list[str] = []
+        columns = self._index_columns(header)
+        self._id_index = columns["order_id"]
+        self._parse = _row_parser(columns, default_currency.strip().upper())
+
+    def _index_columns(self, header: list[str]) -> dict[str, int]:
+        names = [cell.strip().lower().lstrip("\ufeff") for cell in header]
+        if not any(names):
+            raise InputFileError(f"{self.source_name}: line 1 is blank, expected the header row")
+        columns: dict[str, int] = {}
+        for index, name in enumerate(names):
+            if name in REQUIRED_COLUMNS or name in OPTIONAL_COLUMNS:
+                if name in columns:
+                    raise InputFileError(f"{self.source_name}: column {name!r} appears twice")
+                columns[name] = index
+            elif name:
+                self.unknown_columns.append(header[index].strip())
+        missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+        if missing:
+            hint = "" if columns else " (is the header row missing?)"
+            raise InputFileError(
+                f"{self.source_name}: header is missing required column"
+                f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}{hint}"
+            )
+        return columns
+
+    def __iter__(self) -> Iterator[ParsedOrder | RejectedRow]:
+        """Yield each order (all its rows valid and agreeing) or each rejected row."""
+        reader, parse, width, id_index = self._csv, self._parse, len(self.header), self._id_index
+        group: list[_Entry] = []  # rows of the current order, at most MAX_LINES_PER_ORDER
+        group_id = ""
+        overflow_id: str | None = None  # an order past the cap: its later rows are rejected
+        line_end = reader.line_num
+        while True:
+            try:
+                for row in reader:
+                    line, line_end = line_end + 1, reader.line_num
+                    order_id = row[id_index].strip() if id_index < len(row) else ""
+                    if not order_id and not "".join(row).strip():
+                        continue  # blank lines carry nothing, not even an order boundary
+                    self.rows += 1
+                    fields: _Fields | None = None
+                    reason = ""
+                    if len(row) != width:
+                        reason = f"expected {width} columns, got {len(row)}"
+                    else:
+                        try:
+                            fields = parse(row, order_id)
+                        except _Reject as exc:
+                            reason = str(exc)
+                    if order_id == overflow_id:
+                        yield RejectedRow(line, row, _too_long(order_id))
+                        continue
+                    overflow_id = None
+                    if order_id != group_id or not order_id:
+                        if group:
+                            yield from _finish(group_id, group)
+                        group, group_id = [], order_id
+                    elif len(group) == MAX_LINES_PER_ORDER:
+                        group.append((line, row, None, ""))
+                        yield from _finish(order_id, group, _too_long(order_id))
+                        group, group_id, overflow_id = [], "", order_id
+                        continue
+                    group.append((line, row, fields, reason))
+            except csv.Error as exc:
+                # An over-long field spoils one record; it may belong to the current order, so it
+                # joins (and sinks) that order rather than let a partial order through.
+                line, line_end = line_end + 1, reader.line_num
+                self.rows += 1
+                group.append((line, [], None, f"unreadable CSV record: {exc}"))
+                continue
+            break
+        if group:
+            yield from _finish(group_id, group)
+
+
+def _finish(
+    order_id: str, group: list[_Entry], failure: str = ""
+) -> list[ParsedOrder | RejectedRow]:
+    """Turn the buffered rows of one order into one ParsedOrder, or a reject per row."""
+    first_line, _, fields, _ = group[0]
+    if len(group) == 1 and fields is not None and not failure:
+        order = Order(order_id, *fields[:4], [fields[5]], fields[4])
+        return [ParsedOrder(order, first_line, 1)]
+    valid = [entry[2] for entry in group if entry[2] is not None]
+    if not failure and len(valid) < len(group):
+        bad_line = next(entry[0] for entry in group if entry[2] is None)
+        failure = f"order {order_id}: rejected with its line {bad_line}"
+    if failure:
+        return [RejectedRow(line, row, reason or failure) for line, row, _, reason in group]
+    first = valid[0]
+    for (line, _, _, _), fields in zip(group, valid, strict=True):
+        for name, index in _SHARED_FIELDS:
+            if fields[index] != first[index]:
+                failure = (
+                    f"order {order_id}: lines disagree on {name} "
+                    f"(line {first_line}: {first[index]}, line {line}: {fields[index]})"
+                )
+                return [RejectedRow(line, row, failure) for line, row, _, _ in group]
+    lines = [fields[5] for fields in valid]
+    order = Order(order_id, *first[:4], lines, first[4])
+    return [ParsedOrder(order, first_line, len(group))]
+
+
+def _too_long(order_id: str) -> str:
+    return f"order {order_id}: more than {MAX_LINES_PER_ORDER} lines (the limit per order)"
+
+
+def _show(value: str) -> str:
+    """A bad value for a reason: quoted, escaped to one line, at most 40 characters."""
+    return repr(value if len(value) <= 40 else value[:40] + "…")
+
+
+def _row_parser(cols: dict[str, int], default_currency: str) -> Callable[[list[str], str], _Fields]:
+    """Build the per-row validator with every column index bound once, for speed."""
+    i_customer, i_name, i_sku = cols["customer_id"], cols["customer_name"], cols["product_sku"]
+    i_quantity, i_price, i_date = cols["quantity"], cols["unit_price"], cols["order_date"]
+    i_product = cols.get("product_name", -1)
+    i_currency = cols.get("currency", -1)
+    i_email = cols.get("customer_email", -1)
+    id_ok, date_ok = _ID_RE.fullmatch, _SAFE_DAY_TIME_RE.fullmatch
+    # Files repeat customers, SKUs, prices...: each raw cell is checked once, then looked up. Raw
+    # (unstripped) keys spare the strip() on a hit; a spelling with spaces is simply another key.
+    customer_ids: dict[str, int] = {}
+    skus: dict[str, str] = {}
+    quantities: dict[str, int] = {}
+    prices: dict[str, int] = {}
+    currencies: dict[str, str] = {"": default_currency}
+    emails: dict[str, str] = {"": ""}
+
+    def parse(row: list[str], order_id: str) -> _Fields:
+        if not id_ok(order_id):
+            raise _Reject(_reason("order_id", order_id, _ID_RULE))
+        raw = row[i_customer]
+        if (customer_id := customer_ids.get(raw)) is None:
+            customer_id = _remember(customer_ids, raw, _customer_id(raw.strip()))
+        name = row[i_name].strip()
+        if not name or len(name) > 200:
+            raise _Reject(_reason("customer_name", name, _TEXT_RULE))
+        raw = row[i_sku]
+        if (sku := skus.get(raw)) is None:
+            sku = _remember(skus, raw, _sku(raw.strip()))
+        product = row[i_product].strip() if i_product >= 0 else ""
+        if len(product) > 200:
+            raise _Reject(_reason("product_name", product, _TEXT_RULE))
+        raw = row[i_quantity]
+        if (quantity := quantities.get(raw)) is None:
+            quantity = _remember(quantities, raw, _quantity(raw.strip()))
+        raw = row[i_price]
+        if (price_cents := prices.get(raw)) is None:
+            price_cents = _remember(prices, raw, _cents(raw.strip()))
+        raw = row[i_currency] if i_currency >= 0 else ""
+        if (currency := currencies.get(raw)) is None:
+            currency = _remember(currencies, raw, _currency(raw.strip(), default_currency))
+        raw = row[i_date]
+        order_date = raw.replace(" ", "T") + "Z" if date_ok(raw) else _order_date(raw.strip())
+        raw = row[i_email] if i_email >= 0 else ""
+        if (email := emails.get(raw)) is None:
+            email = _remember(emails, raw, _email(raw.strip()))
+        line = Line(sku, product, quantity, price_cents)
+        return (customer_id, name, currency, order_date, email, line)
+
+    return parse
+
+
+def _remember(cache: dict[str, _T], key: str, value: _T) -> _T:
+    if len(cache) < _CACHE_SIZE:
+        cache[key] = value
+    return value
+
+
+def _integer(field: str, maximum: int, value: str) -> int:
+    # The length cap keeps int() away from absurd digit strings; ASCII keeps out "²" and "٣".
+    if len(value) <= 20 and value.isascii() and value.isdigit() and 0 < int(value) <= maximum:
+        return int(value)
+    raise _Reject(_reason(field, value, f"must be an integer 1..{maximum}"))
+
+
+_customer_id = functools.partial(_integer, "customer_id", MAX_CUSTOMER_ID)
+_quantity = functools.partial(_integer, "quantity", MAX_QUANTITY)
+
+
+def _sku(value: str) -> str:
+    if not _ID_RE.fullmatch(value):
+        raise _Reject(_reason("product_sku", value, _ID_RULE))
+    return value
+
+
+def _cents(value: str) -> int:
+    whole, dot, fraction = value.partition(".")
+    # Leading zeros do not count towards the nine digits allowed before the point.
+    if not whole or not _PRICE_RE.fullmatch((whole.lstrip("0") or "0") + dot + fraction):
+        raise _Reject(_reason("unit_price", value, _price_problem(value)))
+    # Digits glued, never multiplied as floats: "25.5" is "25" + "50" cents.
+    return int(whole + fraction.ljust(2, "0"))
+
+
+def _currency(value: str, default_currency: str) -> str:
+    if not value:
+        return default_currency
+    if len(value) == 3 and value.isascii() and value.isalpha():
+        return value.upper()
+    raise _Reject(_reason("currency", value, "must be a 3-letter ISO 4217 code"))
+
+
+def _email(value: str) -> str:
+    if value and (len(value) > 254 or not _EMAIL_RE.fullmatch(value)):
+        raise _Reject(_reason("customer_email", value, "not an email address"))
+    return value
+
+
+def _reason(field: str, value: str, problem: str) -> str:
+    """One line, field first: 'required' for an empty cell, else the problem and the value."""
+    if not value:
+        return f"{field}: required"
+    return f"{field}: {problem}, got {_show(value)}"
+
+
+def _price_problem(value: str) -> str:
+    number = _NUMBER_RE.fullmatch(value)
+    if number is None:
+        return "must be a decimal number like 12.34"
+    if value.startswith("-"):
+        return "must not be negative"
+    if number[1] is not None and len(number[1]) > 3:  # group 1 includes the point
+        return "at most 2 decimals"
+    return "must be less than 1000000000"
+
+
+def _order_date(value: str) -> str:
+    """Normalise any accepted form to YYYY-MM-DDTHH:MM:SSZ (the slow path, with checks)."""
+    if _DAY_RE.fullmatch(value[:10]) and not _is_real_day(value[:10]):
+        raise _Reject(_reason("order_date", value, "not a valid date"))
+    if len(value) == 10 and _DAY_RE.fullmatch(value):
+        return f"{value}T00:00:00Z"
+    if len(value) == 19 and _DAY_TIME_RE.fullmatch(value):
+        return value.replace(" ", "T") + "Z"
+    match = _ISO_RE.fullmatch(value)
+    if match is None:
+        raise _Reject(_reason("order_date", value, _DATE_RULE))
+    year, month, day, hour, minute, second, _, sign, zone_h, zone_m = match.groups()
+    try:
+        offset = UTC
+        if sign is not None:
+            if int(zone_m or 0) > 59:
+                raise ValueError("offset minutes above 59")
+            delta = timedelta(hours=int(zone_h), minutes=int(zone_m or 0))
+            offset = timezone(delta if sign == "+" else -delta)
+        moment = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second or 0), 0, offset
+        ).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise _Reject(_reason("order_date", value, "not a valid date and time")) from None
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z"
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_real_day(day: str) -> bool:
+    """Whether YYYY-MM-DD exists in the calendar (2025-02-30 does not)."""
+    try:
+        date(int(day[:4]), int(day[5:7]), int(day[8:10]))
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,88 @@
+"""A simulated payment gateway with its own ledger and idempotency keys (SPEC §3.1).
+
+The outcome of a key is a pure function of (seed, key), so a run is reproducible; the ledger keeps
+the first result recorded for a key, so a retry of the same key never charges twice. Calls are
+asynchronous: a batch sleeps the configured latency concurrently with every other batch in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from streamproc.keys import Keys
+from streamproc.lua import AsyncScripts
+
+
+def idempotency_key(order_id: str, attempt: int) -> str:
+    """`pay:<order_id>`, suffixed with the attempt for orders re-submitted by `ingest --force`."""
+    return f"pay:{order_id}" if attempt <= 1 else f"pay:{order_id}:{attempt}"
+
+
+def simulated_outcome(seed: int, key: str, success_rate: float) -> bool:
+    """Deterministic per (seed, key): True with probability success_rate."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < success_rate
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One charge request."""
+
+    key: str
+    order_id: str
+    amount_cents: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult:
+    """The gateway's answer, as first recorded for the key."""
+
+    approved: bool
+    amount_cents: int
+    currency: str
+    recorded_ms: int
+
+
+class PaymentGateway:
+    """Client of the simulated gateway; counts calls in flight (the point of an async stage)."""
+
+    def __init__(
+        self, scripts: AsyncScripts, keys: Keys, seed: int, success_rate: float, latency_ms: int
+    ) -> None:
+        self.scripts = scripts
+        self.keys = keys
+        self.seed = seed
+        self.success_rate = success_rate
+        self.latency_s = latency_ms / 1000
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    async def charge(self, charges: Sequence[Charge]) -> list[ChargeResult]:
+        """Charge a batch; each call's result is the one first recorded for its key."""
+        if not charges:
+            return []
+        self.in_flight += len(charges)
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            args: list[object] = [int(time.time() * 1000), len(charges)]
+            for c in charges:
+                ok = simulated_outcome(self.seed, c.key, self.success_rate)
+                args += [c.key, c.order_id, c.amount_cents, c.currency, "ok" if ok else "declined"]
+            keys = [self.keys.gateway_ledger, self.keys.gateway_charges, self.keys.gateway_stats]
+            raw = await self.scripts.run("gateway_charge", keys, args)
+        finally:
+            self.in_flight -= len(charges)
+        return [_parse(r) for r in raw]
+
+
+def _parse(record: bytes | str) -> ChargeResult:
+    text = record.decode() if isinstance(record, bytes) else record
+    outcome, amount, currency, ms = text.split(":")
+    return ChargeResult(outcome == "ok", int(amount), currency, int(ms))

@@ -1,0 +1,52 @@
+"""Loads the package's Lua scripts once and exposes them as callables on a client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from redis.commands.core import AsyncScript, Script
+
+SCRIPT_NAMES = ("ingest", "commit", "stock_reserve", "stock_settle", "gateway_charge", "stock_set")
+
+
+@cache
+def script_source(name: str) -> str:
+    """The text of lua/<name>.lua."""
+    return resources.files("streamproc").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncScripts:
+    """Every script registered on one asyncio client (EVALSHA, loading on NOSCRIPT)."""
+
+    by_name: dict[str, AsyncScript]
+
+    @classmethod
+    def register(cls, client: aredis.Redis) -> AsyncScripts:
+        """Register all scripts on `client`."""
+        return cls({name: client.register_script(script_source(name)) for name in SCRIPT_NAMES})
+
+    async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run script `name` with KEYS and ARGV."""
+        return await self.by_name[name](keys=keys, args=args)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncScripts:
+    """Every script registered on one blocking client (used by the CLI)."""
+
+    by_name: dict[str, Script]
+
+    @classmethod
+    def register(cls, client: redis.Redis) -> SyncScripts:
+        """Register all scripts on `client`."""
+        return cls({name: client.register_script(script_source(name)) for name in SCRIPT_NAMES})
+
+    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run script `name` with KEYS and ARGV."""
+        return self.by_name[name](keys=keys, args=args)

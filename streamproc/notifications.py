@@ -1,0 +1,139 @@
+"""Notification records (one per order, type and channel) and the log channel.
+
+Exactly once for the log channel: before writing, the record is marked pending with the log's size
+at that moment; if the process dies between the write and the "sent" mark, the retry finds the line
+by reading the log from that offset instead of writing it again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+
+from streamproc.models import COMPLETED, Order
+from streamproc.money import format_cents
+
+SUCCESS = "success"
+FAILED_TYPE = "failed"
+
+
+class Notification(msgspec.Struct, kw_only=True):
+    """One notification record, updated by each attempt (SPEC §6)."""
+
+    id: str
+    order_reference: str
+    notification_type: str
+    channel: str
+    customer_id: int
+    order_status: str
+    total_amount: str
+    currency: str
+    message: str
+    status: str = "pending"
+    attempts: int = 0
+    error_message: str = ""
+    sent_at: str = ""
+    created_at: str = ""
+    log_offset: int = -1
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Notification).decode
+
+
+def encode_record(record: Notification) -> bytes:
+    """Record → JSON for the notifications hash."""
+    return _encode(record)
+
+
+def decode_record(data: bytes) -> Notification:
+    """JSON from the notifications hash → record."""
+    return _decode(data)
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601 with Z, second precision."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_record(order: Order, state: str, channel: str) -> Notification:
+    """The record of the automatic notification for an order that reached `state`."""
+    kind = SUCCESS if state == COMPLETED else FAILED_TYPE
+    total = format_cents(order.total_cents)
+    text = (
+        f"Order {order.order_id} completed: {total} {order.currency} charged."
+        if kind == SUCCESS
+        else f"Order {order.order_id} could not be completed ({state.replace('_', ' ')})."
+    )
+    return Notification(
+        id=f"{order.order_id}:{kind}:{channel}",
+        order_reference=order.order_id,
+        notification_type=kind,
+        channel=channel,
+        customer_id=order.customer_id,
+        order_status=state,
+        total_amount=total,
+        currency=order.currency,
+        message=text,
+        created_at=now_iso(),
+    )
+
+
+class LogChannel:
+    """Appends one JSON line per notification to the notifications log."""
+
+    name = "log"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def size(self) -> int:
+        """Current size of the log (the offset the next append lands at or after)."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def already_written(self, record_id: str, offset: int) -> bool:
+        """Whether a line for `record_id` was appended at or after `offset` (crash recovery)."""
+        needle = b'"id":' + msgspec.json.encode(record_id)
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(max(0, offset))
+                return any(needle in line for line in handle)
+        except FileNotFoundError:
+            return False
+
+    def send(self, records: Sequence[Notification]) -> None:
+        """Append every record as one JSON line, in a single write, and flush it to the kernel."""
+        if not records:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = now_iso()
+        lines = b"".join(
+            msgspec.json.encode(
+                {
+                    "ts": stamp,
+                    "id": r.id,
+                    "channel": r.channel,
+                    "type": r.notification_type,
+                    "order_reference": r.order_reference,
+                    "customer_id": r.customer_id,
+                    "order_status": r.order_status,
+                    "total_amount": r.total_amount,
+                    "currency": r.currency,
+                    "message": r.message,
+                }
+            )
+            + b"\n"
+            for r in records
+        )
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, lines)
+        finally:
+            os.close(fd)

@@ -1,0 +1,105 @@
+"""One frozen settings object, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from streamproc.errors import ConfigError
+
+UNKNOWN_SKU_POLICIES = ("create", "reject")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is outside {low}..{high}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is outside {low}..{high}")
+    return value
+
+
+def _str(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(name, "").strip() or default
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every tunable of streamproc; built by `Settings.from_env()` and passed down."""
+
+    redis_url: str | None = None
+    namespace: str = "sp"
+    home_dir: Path = field(default_factory=lambda: Path(".streamproc"))
+    default_currency: str = "USD"
+    unknown_sku: str = "create"
+    default_stock: int = 1000
+    payment_seed: int = 0
+    payment_success_rate: float = 0.9
+    payment_latency_ms: int = 0
+    claim_idle_ms: int = 15_000
+    max_deliveries: int = 5
+    shutdown_grace_s: float = 4.0
+    batch_size: int = 200
+    block_ms: int = 1_000
+    notifications_log: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every STREAMPROC_* variable, validating each one."""
+        env = os.environ if env is None else env
+        currency = _str(env, "STREAMPROC_DEFAULT_CURRENCY", "USD").upper()
+        if len(currency) != 3 or not currency.isalpha() or not currency.isascii():
+            raise ConfigError(f"STREAMPROC_DEFAULT_CURRENCY={currency!r} is not a 3-letter code")
+        policy = _str(env, "STREAMPROC_UNKNOWN_SKU", "create").lower()
+        if policy not in UNKNOWN_SKU_POLICIES:
+            raise ConfigError(f"STREAMPROC_UNKNOWN_SKU={policy!r}: use create or reject")
+        namespace = _str(env, "STREAMPROC_NAMESPACE", "sp")
+        if not namespace.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"STREAMPROC_NAMESPACE={namespace!r}: use letters, digits, - or _")
+        home = Path(_str(env, "STREAMPROC_HOME", ".streamproc"))
+        log = env.get("STREAMPROC_NOTIFICATIONS_LOG", "").strip()
+        return cls(
+            redis_url=env.get("STREAMPROC_REDIS_URL", "").strip() or None,
+            namespace=namespace,
+            home_dir=home,
+            default_currency=currency,
+            unknown_sku=policy,
+            default_stock=_int(env, "STREAMPROC_DEFAULT_STOCK", 1000, 0, 10**12),
+            payment_seed=_int(env, "STREAMPROC_PAYMENT_SEED", 0, -(2**63), 2**63 - 1),
+            payment_success_rate=_float(env, "STREAMPROC_PAYMENT_SUCCESS_RATE", 0.9, 0.0, 1.0),
+            payment_latency_ms=_int(env, "STREAMPROC_PAYMENT_LATENCY_MS", 0, 0, 600_000),
+            claim_idle_ms=_int(env, "STREAMPROC_CLAIM_IDLE_MS", 15_000, 10, 86_400_000),
+            max_deliveries=_int(env, "STREAMPROC_MAX_DELIVERIES", 5, 1, 1000),
+            shutdown_grace_s=_float(env, "STREAMPROC_SHUTDOWN_GRACE_S", 4.0, 0.0, 3600.0),
+            batch_size=_int(env, "STREAMPROC_BATCH_SIZE", 200, 1, 10_000),
+            block_ms=_int(env, "STREAMPROC_BLOCK_MS", 1_000, 1, 60_000),
+            notifications_log=Path(log) if log else None,
+        )
+
+    @property
+    def notifications_log_path(self) -> Path:
+        """Where the log channel appends its JSON lines."""
+        return self.notifications_log or self.home_dir / "notifications.log"
+
+    def with_changes(self, **changes: object) -> Settings:
+        """A copy with some fields replaced (CLI flags override the environment)."""
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,195 @@
+"""The stream transport of one stage: read, reclaim and commit messages of its consumer group.
+
+Handlers never see this module's calls; the run loop reads with it and commits the handlers'
+decisions through commit.lua (transition + next XADD + XACK in one atomic step).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import redis
+import redis.asyncio as aredis
+from redis.exceptions import ResponseError
+
+from streamproc.errors import ServerError
+from streamproc.keys import STAGES, Keys
+from streamproc.lua import AsyncScripts
+from streamproc.models import Order, decode_order
+from streamproc.workflow import TRANSITIONS, outputs_of
+
+
+@dataclass(slots=True)
+class Message:
+    """One stream entry of a stage, decoded; `error` is set when its payload is unusable."""
+
+    msg_id: bytes
+    order_id: str
+    attempt: int
+    state: str
+    order: Order | None
+    error: str = ""
+
+    @property
+    def reservation_key(self) -> str:
+        """Idempotency key of this order attempt's stock reservation."""
+        return f"{self.order_id}#{self.attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A handler's verdict on one message: an outcome of the workflow table and an optional note.
+
+    An outcome of "" with an `error` means the message could not be settled: it is not committed
+    (the run loop leaves it pending, or dead-letters it when `permanent`).
+    """
+
+    message: Message
+    outcome: str
+    note: str = ""
+    error: str = ""
+    permanent: bool = False
+
+    @classmethod
+    def failure(cls, message: Message, error: str, permanent: bool) -> Decision:
+        """A message that could not be settled."""
+        return cls(message, "", error=error, permanent=permanent)
+
+
+def parse_entry(msg_id: bytes, fields: dict[bytes, bytes]) -> Message:
+    """Decode a raw stream entry; never raises (a bad entry carries `error`)."""
+    order_id = fields.get(b"o", b"").decode("utf-8", "replace")
+    try:
+        attempt = int(fields.get(b"a", b"1"))
+        order = decode_order(fields[b"d"])
+    except (KeyError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return Message(msg_id, order_id, 1, "", None, f"undecodable entry: {exc}")
+    state = fields.get(b"s", b"").decode("ascii", "replace")
+    return Message(msg_id, order_id or order.order_id, attempt, state, order)
+
+
+async def ensure_groups(client: aredis.Redis, keys: Keys) -> None:
+    """Create every stage stream and its group (from the first entry) when missing."""
+    for stage in STAGES:
+        try:
+            await client.xgroup_create(keys.stream(stage), keys.group(stage), id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+def ensure_groups_sync(client: redis.Redis, keys: Keys) -> None:
+    """ensure_groups for the blocking client (ingest creates them before its first XADD)."""
+    for stage in STAGES:
+        try:
+            client.xgroup_create(keys.stream(stage), keys.group(stage), id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+class StageStream:
+    """Consumer-group access to one stage's stream for one named consumer."""
+
+    def __init__(
+        self, client: aredis.Redis, scripts: AsyncScripts, keys: Keys, stage: str, consumer: str
+    ) -> None:
+        self.client = client
+        self.scripts = scripts
+        self.keys = keys
+        self.stage = stage
+        self.consumer = consumer
+        self.stream = keys.stream(stage)
+        self.group = keys.group(stage)
+        self._outputs = outputs_of(stage)
+        self._output_keys = [keys.stream(s) for s in self._outputs]
+        # commit.lua always takes two output KEYS; pad with the source stream (never written).
+        while len(self._output_keys) < 2:
+            self._output_keys.append(self.stream)
+
+    async def read(self, count: int, block_ms: int | None) -> list[Message]:
+        """New entries for this consumer, waiting up to block_ms for some to arrive."""
+        return await self._read_group(">", count, block_ms)
+
+    async def read_pending(self, count: int, after: bytes = b"0") -> list[Message]:
+        """This consumer's own unacked entries with ids above `after` (after a restart)."""
+        return await self._read_group(after, count, None)
+
+    async def _read_group(
+        self, start: str | bytes, count: int, block_ms: int | None
+    ) -> list[Message]:
+        try:
+            reply = await self.client.xreadgroup(
+                self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            raise _lost_data(exc, self.stream) from exc
+        return _messages(reply)
+
+    async def claim_idle(
+        self, min_idle_ms: int, count: int, start: bytes = b"0-0"
+    ) -> tuple[bytes, list[Message]]:
+        """Take over entries other consumers left idle; returns (next cursor, messages)."""
+        try:
+            reply = await self.client.xautoclaim(
+                self.stream, self.group, self.consumer, min_idle_ms, start_id=start, count=count
+            )
+        except ResponseError as exc:
+            raise _lost_data(exc, self.stream) from exc
+        cursor, entries = reply[0], reply[1]
+        return cursor, [parse_entry(mid, f) for mid, f in entries if f is not None]
+
+    async def commit(self, decisions: Sequence[Decision]) -> list[int]:
+        """Apply transitions, enqueue next stages and ack, in one atomic script call."""
+        if not decisions:
+            return []
+        keys = [self.stream, self.keys.state_counts, *self._output_keys]
+        args: list[Any] = [self.group, self.stage, int(time.time() * 1000), len(decisions)]
+        for d in decisions:
+            transition = TRANSITIONS[(self.stage, d.outcome)]
+            outputs = "".join(str(self._outputs.index(s) + 1) for s in transition.outputs)
+            msg = d.message
+            keys.append(self.keys.order(msg.order_id))
+            args += [
+                msg.msg_id,
+                msg.order_id,
+                msg.attempt,
+                transition.to_state,
+                transition.next_stage,
+                outputs,
+                d.note,
+            ]
+        try:
+            result = await self.scripts.run("commit", keys, args)
+        except ResponseError as exc:
+            raise _lost_data(exc, self.stream) from exc
+        return [int(x) for x in result]
+
+    async def ack(self, msg_ids: Sequence[bytes]) -> None:
+        """Plain XACK (for entries whose body is gone)."""
+        if msg_ids:
+            await self.client.xack(self.stream, self.group, *msg_ids)
+
+
+def _messages(reply: Any) -> list[Message]:
+    if not reply:
+        return []
+    out: list[Message] = []
+    for _stream, entries in reply:
+        for msg_id, fields in entries:
+            if fields:
+                out.append(parse_entry(msg_id, fields))
+    return out
+
+
+def _lost_data(exc: ResponseError, stream: str) -> Exception:
+    if "NOGROUP" in str(exc):
+        return ServerError(
+            f"consumer group of {stream} is missing: the server lost its data "
+            "(refusing to re-create it and skip work)"
+        )
+    return exc

@@ -1,0 +1,48 @@
+"""Human-readable tables for the CLI (the JSON forms come straight from the structs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+
+from streamproc.status import Status
+from streamproc.stock import StockRow
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for row in cells:
+        click.echo(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+
+
+def print_status(status: Status) -> None:
+    """Stages, orders by state, dead letters and stock."""
+    _table(
+        ["stage", "length", "lag", "pending", "consumers", "oldest_pending_ms"],
+        [
+            [name, s.length, s.lag, s.pending, s.consumers, s.oldest_pending_ms]
+            for name, s in status.stages.items()
+        ],
+    )
+    click.echo("")
+    _table(["state", "orders"], list(status.orders.items()))
+    click.echo(f"\ndead letters: {status.dead_letters}\n")
+    _table(
+        ["sku", "available", "reserved", "committed"],
+        [[sku, s.available, s.reserved, s.committed] for sku, s in status.stock.items()],
+    )
+
+
+def print_stock(rows: Sequence[StockRow]) -> None:
+    """The stock catalogue."""
+    _table(
+        ["sku", "name", "initial", "available", "reserved", "committed"],
+        [[r.sku, r.name, r.initial, r.available, r.reserved, r.committed] for r in rows],
+    )

@@ -1,0 +1,93 @@
+"""`streamproc consume`: run stage loops in one process, with signal handling and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+from streamproc.connection import async_client
+from streamproc.context import StageContext
+from streamproc.errors import ServerError
+from streamproc.keys import Keys
+from streamproc.runloop import RunLoop
+from streamproc.settings import Settings
+from streamproc.stages import default_concurrency, load_handler
+from streamproc.transport import StageStream, ensure_groups
+
+log = logging.getLogger("streamproc.worker")
+
+EXIT_OK, EXIT_UNFINISHED, EXIT_SERVER = 0, 1, 3
+
+
+def default_consumer_name() -> str:
+    """host-pid: unique per process, so a restarted process never inherits a dead one's name."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def run_worker(
+    settings: Settings,
+    url: str,
+    stages: tuple[str, ...],
+    consumer: str,
+    concurrency: int | None,
+) -> int:
+    """Run the given stages until SIGTERM/SIGINT; returns the process exit code."""
+    client = async_client(url, max_connections=32 + 8 * len(stages))
+    try:
+        ctx = StageContext.build(settings, client)
+        await ensure_groups(client, ctx.keys)
+        loops = [_loop(ctx, stage, consumer, concurrency) for stage in stages]
+        stop = asyncio.Event()
+        _install_signals(stop)
+        log.info("consumer %s running stages %s", consumer, ", ".join(stages))
+        tasks = [asyncio.create_task(loop.run(stop)) for loop in loops]
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()  # one loop ending (fatal error) stops the others
+        done, pending = await asyncio.wait(tasks, timeout=settings.shutdown_grace_s)
+        for loop in loops:
+            if loop.fatal is not None:
+                log.error("%s", loop.fatal)
+                return EXIT_SERVER
+        if pending:
+            log.warning("grace period over with work in flight; it will be reclaimed")
+            return EXIT_UNFINISHED
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return EXIT_OK
+    except ServerError:
+        raise
+    finally:
+        await client.aclose()
+
+
+def _loop(ctx: StageContext, stage: str, consumer: str, concurrency: int | None) -> RunLoop:
+    keys: Keys = ctx.keys
+    stream = StageStream(ctx.client, ctx.scripts, keys, stage, consumer)
+    batch = ctx.settings.batch_size
+    return RunLoop(
+        stream,
+        load_handler(stage, ctx),
+        concurrency=concurrency or default_concurrency(stage, batch),
+        batch_size=batch,
+        block_ms=ctx.settings.block_ms,
+        claim_idle_ms=ctx.settings.claim_idle_ms,
+    )
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            # Second signal: leave now; unacked entries are reclaimed by other consumers later.
+            os._exit(128 + signum)
+        log.info("signal %d: finishing in-flight work", signum)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
