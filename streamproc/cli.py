@@ -272,9 +272,10 @@ def stock_load(env: Env, file: Path, keep_existing: bool) -> None:
     click.echo(f"loaded {loaded} SKUs" + (f", kept {kept} existing" if kept else ""))
 
 
-@stock.command("set")
+# "-5" must reach set_stock as a quantity (one-line "must be >= 0"), not fail as an unknown option.
+@stock.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("sku")
-@click.argument("quantity", type=click.IntRange(0))
+@click.argument("quantity", type=int)
 @pass_env
 @handle_errors
 def stock_set(env: Env, sku: str, quantity: int) -> None:

@@ -72,7 +72,12 @@ def iter_orders(client: redis.Redis, keys: Keys, page: int = 500) -> Iterator[Ex
     """Every order in the namespace (SCAN order, pages of `page`), with its gateway charge count."""
     prefix = keys.order_prefix.encode()
     batch: list[bytes] = []
+    # SCAN may return a key twice while the keyspace rehashes; an audit must list each order once.
+    seen: set[bytes] = set()
     for key in client.scan_iter(match=keys.order_pattern, count=page):
+        if key in seen:
+            continue
+        seen.add(key)
         batch.append(key)
         if len(batch) >= page:
             yield from _load(client, keys, batch, prefix)

