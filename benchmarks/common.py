@@ -89,7 +89,9 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    server = subprocess.run([server_binary(), "--version"], capture_output=True, text=True)
+    server = subprocess.run(
+        [server_binary(), "--version"], check=False, capture_output=True, text=True
+    )
     return {
         "cpus": os.cpu_count(),
         "cpu": cpu,
