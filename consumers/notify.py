@@ -28,7 +28,14 @@ class NotifyHandler:
 
     async def handle(self, batch: list[Message]) -> list[Decision]:
         """Look records up, write what is not yet sent in one append, then mark it sent."""
-        fresh = [new_record(m.order, m.state, self.channel.name) for m in batch if m.order]
+        # One record per id: a re-submitted order (`ingest --force`) that ends the same way again
+        # brings a second message for the same record, possibly in the same batch.
+        fresh = list(
+            {
+                r.id: r
+                for r in (new_record(m.order, m.state, self.channel.name) for m in batch if m.order)
+            }.values()
+        )
         stored = await self.client.hmget(self.hash_key, [r.id for r in fresh])
         to_send: list[Notification] = []
         sent: list[Notification] = []

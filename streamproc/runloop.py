@@ -76,6 +76,9 @@ class RunLoop:
         self.outcomes: Counter[str] = Counter()
         self.fatal: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Ids being handled here: the reclaimer must not hand an entry that is merely slow (idle
+        # longer than claim_idle_ms while in flight) to this same loop a second time.
+        self._in_flight_ids: set[bytes] = set()
         self._capacity = asyncio.Event()
         self._capacity.set()
 
@@ -159,6 +162,10 @@ class RunLoop:
         stopper.cancel()
 
     def _spawn(self, batch: list[Message]) -> None:
+        batch = [m for m in batch if m.msg_id not in self._in_flight_ids]
+        if not batch:
+            return
+        self._in_flight_ids.update(m.msg_id for m in batch)
         self.in_flight += len(batch)
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         task = asyncio.create_task(self._process_and_release(batch))
@@ -170,6 +177,7 @@ class RunLoop:
             await self._process(batch)
         finally:
             self.in_flight -= len(batch)
+            self._in_flight_ids.difference_update(m.msg_id for m in batch)
             self._capacity.set()
 
     async def _process(self, batch: list[Message]) -> None:

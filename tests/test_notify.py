@@ -1,0 +1,182 @@
+"""The notify stage's log channel is exactly-once across crashes (SPEC §3.2 INV-N, §6).
+
+A crash is simulated by leaving the notification record as the handler leaves it mid-way: marked
+pending with the log offset, with or without its line appended, and never marked sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from consumers.notify import NotifyHandler
+from streamproc.connection import async_client
+from streamproc.context import StageContext
+from streamproc.keys import Keys
+from streamproc.models import Line, Order
+from streamproc.notifications import (
+    LogChannel,
+    Notification,
+    decode_record,
+    encode_record,
+    new_record,
+)
+from streamproc.settings import Settings
+from streamproc.transport import Decision, Message
+
+KEYS = Keys()
+
+
+def make_order(order_id: str) -> Order:
+    return Order(
+        order_id, 501, "John Doe", "USD", "2025-11-10T10:15:23Z", [Line("SKU-1", "", 2, 2550)]
+    )
+
+
+def terminal(order_id: str, state: str = "completed") -> Message:
+    return Message(f"1-{len(order_id)}".encode(), order_id, 1, state, make_order(order_id))
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    return tmp_path / "logs" / "notifications.log"
+
+
+def notify(url: str, log_path: Path, batch: list[Message]) -> list[Decision]:
+    """Run the notify handler once over `batch`, as a fresh process would."""
+    settings = Settings(redis_url=url, notifications_log=log_path)
+
+    async def main() -> list[Decision]:
+        client = async_client(url)
+        try:
+            return await NotifyHandler(StageContext.build(settings, client)).handle(batch)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def log_ids(log_path: Path) -> list[str]:
+    if not log_path.exists():
+        return []
+    return [json.loads(line)["id"] for line in log_path.read_text().splitlines()]
+
+
+def stored(r: redis.Redis, record_id: str) -> Notification:
+    raw = r.hget(KEYS.notifications, record_id)
+    assert raw is not None, f"no record {record_id}"
+    return decode_record(raw.encode())
+
+
+def leave_pending(
+    r: redis.Redis, channel: LogChannel, order_id: str, written: bool
+) -> Notification:
+    """What a notify process that died before its "sent" mark leaves behind."""
+    record = new_record(make_order(order_id), "completed", channel.name)
+    record.attempts = 1
+    record.log_offset = channel.size()
+    r.hset(KEYS.notifications, record.id, encode_record(record))
+    if written:
+        channel.send([record])
+    return record
+
+
+def test_line_written_before_the_crash_is_not_written_again(
+    redis_url: str, r: redis.Redis, log_path: Path
+) -> None:
+    channel = LogChannel(log_path)
+    channel.send([new_record(make_order("older"), "failed", "log")])  # a line before the offset
+    record = leave_pending(r, channel, "1001", written=True)
+    # Another process appends after our line, before the retry.
+    channel.send([new_record(make_order("later"), "completed", "log")])
+
+    decisions = notify(redis_url, log_path, [terminal("1001")])
+
+    assert [d.outcome for d in decisions] == ["notified"]
+    assert log_ids(log_path) == ["older:failed:log", record.id, "later:success:log"]
+    after = stored(r, record.id)
+    assert (after.status, after.attempts, after.log_offset) == ("sent", 1, record.log_offset)
+    assert after.sent_at.endswith("Z")
+
+
+def test_line_not_written_before_the_crash_is_written_once(
+    redis_url: str, r: redis.Redis, log_path: Path
+) -> None:
+    channel = LogChannel(log_path)
+    channel.send([new_record(make_order("1002"), "failed", "log")])  # other type: another record
+    record = leave_pending(r, channel, "1002", written=False)
+
+    notify(redis_url, log_path, [terminal("1002")])
+    notify(redis_url, log_path, [terminal("1002")])  # a replayed message changes nothing
+
+    assert log_ids(log_path) == ["1002:failed:log", record.id]
+    after = stored(r, record.id)
+    assert (after.status, after.attempts) == ("sent", 2)
+
+
+def test_mixed_batch_each_order_exactly_once(
+    redis_url: str, r: redis.Redis, log_path: Path
+) -> None:
+    channel = LogChannel(log_path)
+    leave_pending(r, channel, "m-written", written=True)
+    leave_pending(r, channel, "m-lost", written=False)
+    batch = [terminal("m-written"), terminal("m-lost"), terminal("m-new", "rolled_back")]
+
+    decisions = notify(redis_url, log_path, batch)
+
+    assert [d.message for d in decisions] == batch
+    assert {d.outcome for d in decisions} == {"notified"}
+    ids = log_ids(log_path)
+    assert sorted(ids) == ["m-lost:success:log", "m-new:failed:log", "m-written:success:log"]
+    assert ids[0] == "m-written:success:log"
+    fresh = stored(r, "m-new:failed:log")
+    assert (fresh.status, fresh.attempts, fresh.order_status) == ("sent", 1, "rolled_back")
+    assert fresh.customer_id == 501 and fresh.total_amount == "51.00"
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert {line["order_reference"] for line in lines} == {"m-written", "m-lost", "m-new"}
+
+
+def test_already_sent_record_is_left_alone(redis_url: str, r: redis.Redis, log_path: Path) -> None:
+    record = new_record(make_order("s1"), "completed", "log")
+    record.status, record.attempts, record.sent_at = "sent", 1, "2025-11-10T00:00:00Z"
+    r.hset(KEYS.notifications, record.id, encode_record(record))
+
+    decisions = notify(redis_url, log_path, [terminal("s1")])
+
+    assert [d.outcome for d in decisions] == ["notified"]
+    assert not log_path.exists()
+    assert stored(r, record.id).sent_at == "2025-11-10T00:00:00Z"
+
+
+def test_already_written_only_looks_from_the_offset(log_path: Path) -> None:
+    channel = LogChannel(log_path)
+    assert channel.size() == 0
+    assert not channel.already_written("x:success:log", 0)  # no log yet
+    channel.send([new_record(make_order("x"), "completed", "log")])
+    offset = channel.size()
+    assert offset > 0
+    assert channel.already_written("x:success:log", 0)
+    assert not channel.already_written("x:success:log", offset)
+    # An id that is a suffix of another one's does not match it.
+    assert not channel.already_written("x:success:lo", 0)
+    channel.send([new_record(make_order("1x"), "completed", "log")])
+    assert not channel.already_written("x:success:log", offset)
+
+
+def test_two_messages_for_one_record_in_a_batch_write_one_line(
+    redis_url: str, r: redis.Redis, log_path: Path
+) -> None:
+    # `ingest --force` re-submits a failed order; if it fails again before notify caught up, the
+    # notify stream holds two messages (attempts 1 and 2) for the same record.
+    first = terminal("twice", "failed")
+    second = Message(b"1-99", "twice", 2, "failed", make_order("twice"))
+
+    decisions = notify(redis_url, log_path, [first, second])
+
+    assert [d.outcome for d in decisions] == ["notified", "notified"]
+    assert log_ids(log_path) == ["twice:failed:log"]
+    assert stored(r, "twice:failed:log").status == "sent"
