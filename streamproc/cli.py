@@ -382,3 +382,77 @@ def api(env: Env, host: str, port: int, workers: int) -> None:
     uvicorn.run(
         "api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info"
     )
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter stream (Horizon's failed jobs)."""
+
+
+@dlq.command("list")
+@click.option("--stage", help="Only dead letters of this stage.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+@pass_env
+@handle_errors
+def dlq_list(env: Env, stage: str | None, as_json: bool) -> None:
+    """Dead letters, oldest first: stage, original id, deliveries, last error."""
+    from streamproc.deadletters import iter_dead_letters
+    from streamproc.views import print_dead_letters
+
+    if stage is not None:
+        resolve_stage_name(stage)
+    letters = list(iter_dead_letters(env.client(), env.keys, stage))
+    if as_json:
+        click.echo(msgspec.json.encode(letters).decode())
+    else:
+        print_dead_letters(letters)
+
+
+def resolve_stage_name(stage: str) -> str:
+    """Validate a single stage name (not 'all')."""
+    from streamproc.stages import resolve_stages
+
+    if stage == "all":
+        raise ConfigError("name one stage, not all")
+    return resolve_stages(stage)[0]
+
+
+def _chosen_ids(env: Env, ids: tuple[str, ...], all_: bool, stage: str | None) -> list[str]:
+    from streamproc.deadletters import all_ids
+
+    if all_ == bool(ids):
+        raise ConfigError("give dead-letter ids or --all (not both)")
+    return all_ids(env.client(), env.keys, stage) if all_ else list(ids)
+
+
+@dlq.command("retry")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter (of --stage).")
+@click.option("--stage", help="With --all: only this stage.")
+@pass_env
+@handle_errors
+def dlq_retry(env: Env, ids: tuple[str, ...], all_: bool, stage: str | None) -> None:
+    """Send dead letters back to their stage with a fresh delivery budget."""
+    from streamproc.deadletters import retry
+
+    retried, missing = retry(env.client(), env.keys, _chosen_ids(env, ids, all_, stage))
+    click.echo(f"retried {retried}")
+    if missing:
+        fail(f"not found: {', '.join(missing)}", 1)
+
+
+@dlq.command("purge")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter (of --stage).")
+@click.option("--stage", help="With --all: only this stage.")
+@pass_env
+@handle_errors
+def dlq_purge(env: Env, ids: tuple[str, ...], all_: bool, stage: str | None) -> None:
+    """Delete dead letters for good (their orders stay dead_lettered)."""
+    from streamproc.deadletters import purge
+
+    chosen = _chosen_ids(env, ids, all_, stage)
+    deleted = purge(env.client(), env.keys, chosen)
+    click.echo(f"purged {deleted}")
+    if deleted < len(chosen):
+        fail(f"{len(chosen) - deleted} id(s) not found", 1)

@@ -11,7 +11,16 @@ import redis
 import redis.asyncio as aredis
 from redis.commands.core import AsyncScript, Script
 
-SCRIPT_NAMES = ("ingest", "commit", "stock_reserve", "stock_settle", "gateway_charge", "stock_set")
+SCRIPT_NAMES = (
+    "ingest",
+    "commit",
+    "stock_reserve",
+    "stock_settle",
+    "gateway_charge",
+    "stock_set",
+    "dead_letter",
+    "dlq_retry",
+)
 
 
 @cache

@@ -1,8 +1,10 @@
-"""The run loop of one stage: batched reads, bounded concurrency, reclaim, back-off and drain.
+"""The run loop of one stage: batched reads, bounded concurrency, reclaim, back-off, dead letters,
+trimming and drain.
 
 It knows nothing of what a stage does: it hands batches of decoded messages to a handler and
-commits the decisions it returns. Everything the handler leaves undecided stays pending and is
-delivered again later (reclaimed after `claim_idle_ms`).
+commits the decisions it returns. A message that fails transiently stays pending and is delivered
+again (reclaimed after `claim_idle_ms`, then retried after a growing delay); one that fails
+permanently, or has used up `max_deliveries` by the server's own counter, is dead-lettered.
 """
 
 from __future__ import annotations
@@ -16,16 +18,21 @@ from typing import Protocol
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streamproc.errors import RetryableError, ServerError
+from streamproc.errors import PermanentError, RetryableError, ServerError
+from streamproc.faults import die_now, fault_point
 from streamproc.transport import Decision, Message, StageStream
 
 log = logging.getLogger("streamproc.runloop")
 
 TRANSIENT = (RetryableError, RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+RETRY_BASE_S = 0.1
+RETRY_CAP_S = 10.0
+TRIM_INTERVAL_S = 1.0
+LAST_ERRORS_KEPT = 10_000
 
 
 class Handler(Protocol):
-    """A stage's business logic: a batch of messages in, one decision per settled message out."""
+    """A stage's business logic: a batch of messages in, one decision per message out."""
 
     stage: str
 
@@ -52,6 +59,13 @@ class Backoff:
         self.delay_s = 0.0
 
 
+def retry_delay_s(deliveries: int) -> float:
+    """Extra wait before handling a re-delivered message: 0.1 s, 0.2 s, 0.4 s … capped."""
+    if deliveries <= 1:
+        return 0.0
+    return float(min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (deliveries - 2)))
+
+
 class RunLoop:
     """Drives one stage for one consumer until asked to stop."""
 
@@ -64,6 +78,8 @@ class RunLoop:
         batch_size: int,
         block_ms: int,
         claim_idle_ms: int,
+        max_deliveries: int = 5,
+        trim: bool = True,
     ) -> None:
         self.stream = stream
         self.handler = handler
@@ -71,26 +87,36 @@ class RunLoop:
         self.batch_size = max(1, batch_size)
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.trim_enabled = trim
         self.in_flight = 0
         self.peak_in_flight = 0
         self.outcomes: Counter[str] = Counter()
         self.fatal: BaseException | None = None
+        self._fault = fault_point(stream.stage)
         self._tasks: set[asyncio.Task[None]] = set()
         # Ids being handled here: the reclaimer must not hand an entry that is merely slow (idle
         # longer than claim_idle_ms while in flight) to this same loop a second time.
         self._in_flight_ids: set[bytes] = set()
+        # Last error per entry left pending, so its dead letter can say why (bounded).
+        self._last_errors: dict[bytes, str] = {}
         self._capacity = asyncio.Event()
         self._capacity.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read and process until `stop` is set, then let in-flight batches finish."""
-        reclaimer = asyncio.create_task(self._reclaim_forever(stop))
+        helpers = [asyncio.create_task(self._reclaim_forever(stop))]
+        if self.trim_enabled:
+            helpers.append(asyncio.create_task(self._trim_forever(stop)))
         try:
             await self._drain_own_pending()
             await self._read_forever(stop)
+        except ServerError as exc:
+            self.fatal = exc
         finally:
-            reclaimer.cancel()
-            await asyncio.gather(reclaimer, return_exceptions=True)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             await self.wait_idle()
 
     async def wait_idle(self) -> None:
@@ -104,7 +130,7 @@ class RunLoop:
         cursor = b"0"
         while batch := await self.stream.read_pending(self.batch_size, cursor):
             cursor = batch[-1].msg_id
-            await self._process(batch)
+            await self._process_redelivered(batch)
 
     async def _read_forever(self, stop: asyncio.Event) -> None:
         backoff = Backoff()
@@ -116,9 +142,6 @@ class RunLoop:
             count = min(self.batch_size, self.concurrency - self.in_flight)
             try:
                 batch = await self.stream.read(count, self.block_ms)
-            except ServerError as exc:
-                self.fatal = exc
-                break
             except TRANSIENT as exc:
                 delay = backoff.next()
                 log.warning(
@@ -128,7 +151,7 @@ class RunLoop:
                 continue
             backoff.reset()
             if batch:
-                self._spawn(batch)
+                self._spawn(batch, redelivered=False)
 
     async def _reclaim_forever(self, stop: asyncio.Event) -> None:
         period_s = max(0.05, self.claim_idle_ms / 2000)
@@ -152,7 +175,22 @@ class RunLoop:
                 continue
             if batch:
                 log.info("%s: reclaimed %d idle entries", self.stream.stage, len(batch))
-                self._spawn(batch)
+                self._spawn(batch, redelivered=True)
+
+    async def _trim_forever(self, stop: asyncio.Event) -> None:
+        # Consumers that own nothing and have not read for this long are gone (crashed or
+        # replaced); forgetting them keeps XINFO CONSUMERS bounded.
+        forget_ms = max(60_000, 4 * self.claim_idle_ms)
+        while not stop.is_set():
+            await _sleep_or_stop(stop, TRIM_INTERVAL_S)
+            try:
+                await self.stream.trim(forget_ms)
+            except ServerError as exc:
+                self.fatal = exc
+                stop.set()
+                return
+            except TRANSIENT as exc:
+                log.debug("%s: trim skipped (%s)", self.stream.stage, exc)
 
     async def _wait_capacity(self, stop: asyncio.Event) -> None:
         waiter = asyncio.create_task(self._capacity.wait())
@@ -161,64 +199,129 @@ class RunLoop:
         waiter.cancel()
         stopper.cancel()
 
-    def _spawn(self, batch: list[Message]) -> None:
+    def _spawn(self, batch: list[Message], redelivered: bool) -> None:
         batch = [m for m in batch if m.msg_id not in self._in_flight_ids]
         if not batch:
             return
         self._in_flight_ids.update(m.msg_id for m in batch)
         self.in_flight += len(batch)
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        task = asyncio.create_task(self._process_and_release(batch))
+        task = asyncio.create_task(self._process_and_release(batch, redelivered))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _process_and_release(self, batch: list[Message]) -> None:
+    async def _process_and_release(self, batch: list[Message], redelivered: bool) -> None:
         try:
-            await self._process(batch)
+            if redelivered:
+                await self._process_redelivered(batch)
+            else:
+                await self._process(batch)
+        except ServerError as exc:
+            self.fatal = exc
+        except TRANSIENT as exc:
+            log.warning("%s: batch of %d left pending (%s)", self.stream.stage, len(batch), exc)
+            self.outcomes["retry"] += len(batch)
         finally:
             self.in_flight -= len(batch)
             self._in_flight_ids.difference_update(m.msg_id for m in batch)
             self._capacity.set()
 
+    async def _process_redelivered(self, batch: list[Message]) -> None:
+        """Re-deliveries: dead-letter those over budget, retry the rest after a growing delay."""
+        await self.stream.delivery_counts(batch)
+        retry: list[Message] = []
+        for message in batch:
+            if message.deliveries > self.max_deliveries:
+                # The consumer(s) that had it died or gave up each time: the budget is spent.
+                last = self._last_errors.pop(message.msg_id, "consumer stopped while handling it")
+                await self._dead_letter(
+                    message, f"gave up after {message.deliveries - 1} deliveries: {last}"
+                )
+            else:
+                retry.append(message)
+        if retry:
+            await asyncio.sleep(retry_delay_s(max(m.deliveries for m in retry)))
+            await self._process(retry)
+
     async def _process(self, batch: list[Message]) -> None:
-        stage = self.stream.stage
-        good = [m for m in batch if m.order is not None]
-        for bad in batch:
-            if bad.order is None:
-                # Left pending: the dead-letter path takes it once its delivery budget is spent.
-                log.error("%s: entry %s unusable: %s", stage, bad.msg_id.decode(), bad.error)
-                self.outcomes["error"] += 1
+        good: list[Message] = []
+        for message in batch:
+            if message.order is None:
+                await self._dead_letter(message, message.error)  # undecodable: permanent
+            else:
+                good.append(message)
         if not good:
             return
+        if self._fault == "before_effect":
+            die_now()
         try:
             decided = await self.handler.handle(good)
-            decisions = [d for d in decided if d.outcome]
-            for failed in decided:
-                if not failed.outcome:
-                    log.error(
-                        "%s: order %s not settled: %s", stage, failed.message.order_id, failed.error
-                    )
-                    self.outcomes["error"] += 1
-            results = await self.stream.commit(decisions)
-        except ServerError as exc:
-            self.fatal = exc
+        except PermanentError as exc:
+            for message in good:
+                await self._dead_letter(message, str(exc))
             return
-        except TRANSIENT as exc:
-            log.warning("%s: batch of %d left pending (%s)", stage, len(good), exc)
-            self.outcomes["retry"] += len(good)
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            # An unexpected handler error counts against the delivery budget like a transient one.
+            log.exception("%s: handler failed on a batch of %d", self.stream.stage, len(good))
+            await self._failed(good, f"{type(exc).__name__}: {exc}")
             return
-        except Exception:
-            log.exception("%s: handler failed on a batch of %d; left pending", stage, len(good))
-            self.outcomes["error"] += len(good)
-            return
+        if self._fault == "after_effect":
+            die_now()
+        await self._settle(decided)
+
+    async def _settle(self, decided: list[Decision]) -> None:
+        """Commit the decided messages; retry or dead-letter the ones the handler could not."""
+        decisions = [d for d in decided if d.outcome]
+        for failure in decided:
+            if not failure.outcome:
+                if failure.permanent:
+                    await self._dead_letter(failure.message, failure.error)
+                else:
+                    await self._failed([failure.message], failure.error)
+        results = await self.stream.commit(decisions)
+        if self._fault == "after_commit":
+            die_now()
         for decision, result in zip(decisions, results, strict=True):
             if result == -1:
-                log.error(
-                    "%s: order %s is missing; entry left pending", stage, decision.message.order_id
-                )
-                self.outcomes["missing"] += 1
+                await self._dead_letter(decision.message, "order record is missing")
             else:
                 self.outcomes[decision.outcome if result == 1 else "stale"] += 1
+                self._last_errors.pop(decision.message.msg_id, None)
+
+    async def _failed(self, messages: list[Message], error: str) -> None:
+        """Leave pending for a retry, or dead-letter when this was the last delivery allowed."""
+        for message in messages:
+            if message.deliveries >= self.max_deliveries:
+                await self._dead_letter(
+                    message, f"gave up after {message.deliveries} deliveries: {error}"
+                )
+            else:
+                log.warning(
+                    "%s: order %s failed (delivery %d of %d), will retry: %s",
+                    self.stream.stage,
+                    message.order_id,
+                    message.deliveries,
+                    self.max_deliveries,
+                    error,
+                )
+                if len(self._last_errors) >= LAST_ERRORS_KEPT:
+                    self._last_errors.pop(next(iter(self._last_errors)))
+                self._last_errors[message.msg_id] = error
+                self.outcomes["retry"] += 1
+
+    async def _dead_letter(self, message: Message, error: str) -> None:
+        log.error(
+            "%s: dead-lettering entry %s (order %s): %s",
+            self.stream.stage,
+            message.msg_id.decode(),
+            message.order_id or "?",
+            error,
+        )
+        await self.stream.dead_letter(message, error)
+        self._last_errors.pop(message.msg_id, None)
+        self.outcomes["dead_lettered"] += 1
 
 
 async def _sleep_or_stop(stop: asyncio.Event, delay_s: float) -> None:

@@ -6,6 +6,7 @@ decisions through commit.lua (transition + next XADD + XACK in one atomic step).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from redis.exceptions import ResponseError
 from streamproc.errors import ServerError
 from streamproc.keys import STAGES, Keys
 from streamproc.lua import AsyncScripts
-from streamproc.models import Order, decode_order
+from streamproc.models import Order, decode_order, encode_order
 from streamproc.workflow import TRANSITIONS, outputs_of
+
+log = logging.getLogger("streamproc.transport")
 
 
 @dataclass(slots=True)
@@ -33,6 +36,7 @@ class Message:
     state: str
     order: Order | None
     error: str = ""
+    deliveries: int = 1
 
     @property
     def reservation_key(self) -> str:
@@ -130,6 +134,80 @@ class StageStream:
             raise _lost_data(exc, self.stream) from exc
         return _messages(reply)
 
+    async def delivery_counts(self, messages: Sequence[Message]) -> None:
+        """Set each message's server-side delivery counter (XPENDING; reads do not carry it)."""
+        if not messages:
+            return
+        ids = sorted((m.msg_id for m in messages), key=_id_key)
+        rows = await self.client.xpending_range(
+            self.stream,
+            self.group,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids) * 4 + 100,
+            consumername=self.consumer,
+        )
+        counts = {row["message_id"]: int(row["times_delivered"]) for row in rows}
+        for message in messages:
+            message.deliveries = counts.get(message.msg_id, message.deliveries)
+
+    async def dead_letter(self, message: Message, error: str) -> bytes:
+        """Move one message to the dead-letter stream and ack it, atomically."""
+        keys = [
+            self.stream,
+            self.keys.dead_letters,
+            self.keys.state_counts,
+            self.keys.order(message.order_id),
+            self.keys.stream("notify"),
+        ]
+        payload = b"" if message.order is None else encode_order(message.order)
+        args = [
+            self.group,
+            message.msg_id,
+            self.stage,
+            message.deliveries,
+            error[:1000],
+            message.order_id,
+            message.attempt,
+            payload,
+            int(time.time() * 1000),
+        ]
+        try:
+            result = await self.scripts.run("dead_letter", keys, args)
+        except ResponseError as exc:
+            raise _lost_data(exc, self.stream) from exc
+        return bytes(result) if isinstance(result, bytes) else str(result).encode()
+
+    async def trim(self, forget_consumers_idle_ms: int) -> int:
+        """Trim entries every reader is done with; forget long-idle consumers owning nothing.
+
+        The floor is the lower of the group's last-delivered id and its oldest pending id, so an
+        entry still pending or not yet delivered is never deleted. Returns entries removed.
+        """
+        try:
+            groups = await self.client.xinfo_groups(self.stream)
+        except ResponseError as exc:
+            raise _lost_data(exc, self.stream) from exc
+        group = next((g for g in groups if _str(g["name"]) == self.group), None)
+        if group is None:
+            raise ServerError(f"consumer group of {self.stream} is missing: the server lost data")
+        floor = _str(group["last-delivered-id"])
+        if int(group["pending"]):
+            summary = await self.client.xpending(self.stream, self.group)
+            if summary.get("min") is not None:
+                floor = min(floor, _str(summary["min"]), key=_id_key)
+        removed = int(await self.client.xtrim(self.stream, minid=floor, approximate=True))
+        for consumer in await self.client.xinfo_consumers(self.stream, self.group):
+            name = _str(consumer["name"])
+            idle = int(consumer["idle"])
+            if (
+                name != self.consumer
+                and not int(consumer["pending"])
+                and (idle > forget_consumers_idle_ms)
+            ):
+                await self.client.xgroup_delconsumer(self.stream, self.group, name)
+        return removed
+
     async def claim_idle(
         self, min_idle_ms: int, count: int, start: bytes = b"0-0"
     ) -> tuple[bytes, list[Message]]:
@@ -141,6 +219,15 @@ class StageStream:
         except ResponseError as exc:
             raise _lost_data(exc, self.stream) from exc
         cursor, entries = reply[0], reply[1]
+        deleted = reply[2] if len(reply) > 2 else []
+        if deleted:
+            # Only an outside XDEL/XTRIM can do this (our trimming keeps pending entries).
+            log.error(
+                "%s: %d pending entries were deleted by someone else: %s",
+                self.stage,
+                len(deleted),
+                b", ".join(deleted[:10]).decode(),
+            )
         return cursor, [parse_entry(mid, f) for mid, f in entries if f is not None]
 
     async def commit(self, decisions: Sequence[Decision]) -> list[int]:
@@ -184,6 +271,15 @@ def _messages(reply: Any) -> list[Message]:
             if fields:
                 out.append(parse_entry(msg_id, fields))
     return out
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_key(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = _str(entry_id).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _lost_data(exc: ResponseError, stream: str) -> Exception:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import click
 
+from streamproc.deadletters import DeadLetter
 from streamproc.status import Status
 from streamproc.stock import StockRow
 
@@ -45,4 +46,15 @@ def print_stock(rows: Sequence[StockRow]) -> None:
     _table(
         ["sku", "name", "initial", "available", "reserved", "committed"],
         [[r.sku, r.name, r.initial, r.available, r.reserved, r.committed] for r in rows],
+    )
+
+
+def print_dead_letters(letters: Sequence[DeadLetter]) -> None:
+    """The dead-letter list."""
+    if not letters:
+        click.echo("no dead letters")
+        return
+    _table(
+        ["id", "stage", "order", "deliveries", "error"],
+        [[d.id, d.stage, d.order_id, d.deliveries, d.error[:80]] for d in letters],
     )

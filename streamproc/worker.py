@@ -76,6 +76,7 @@ def _loop(ctx: StageContext, stage: str, consumer: str, concurrency: int | None)
         batch_size=batch,
         block_ms=ctx.settings.block_ms,
         claim_idle_ms=ctx.settings.claim_idle_ms,
+        max_deliveries=ctx.settings.max_deliveries,
     )
 
 

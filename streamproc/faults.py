@@ -1,0 +1,27 @@
+"""Test-only fault hook: STREAMPROC_FAULT=<stage>:<point> SIGKILLs the process at that point.
+
+Points: before_effect (batch read, nothing done), after_effect (effects applied, not committed),
+after_commit (transition + next XADD + XACK done; the commit and the ack are one atomic step here,
+so this is also "after the ack"). Unset, the hook is a None check per batch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = ("before_effect", "after_effect", "after_commit")
+
+
+def fault_point(stage: str, env: dict[str, str] | None = None) -> str | None:
+    """The point at which this stage must die, if STREAMPROC_FAULT names it."""
+    raw = (os.environ if env is None else env).get("STREAMPROC_FAULT", "")
+    target, _, point = raw.partition(":")
+    if target in (stage, "all") and point in POINTS:
+        return point
+    return None
+
+
+def die_now() -> None:
+    """SIGKILL ourselves: no cleanup, no flush, exactly like a crash."""
+    os.kill(os.getpid(), signal.SIGKILL)

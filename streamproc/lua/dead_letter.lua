@@ -1,0 +1,30 @@
+-- dead_letter.lua: move one message of a stage to the dead-letter stream, atomically with its ack.
+-- When the order still waits for this stage in this attempt, it becomes dead_lettered (terminal):
+-- its state before is kept in the dead letter (field prev) so `dlq retry` can restore it, and it
+-- is enqueued for notify like any terminal order.
+-- KEYS[1] source stream  KEYS[2] dead-letter stream  KEYS[3] state counts  KEYS[4] order hash
+-- KEYS[5] notify stream
+-- ARGV[1] group  ARGV[2] msg id  ARGV[3] stage  ARGV[4] deliveries  ARGV[5] last error
+-- ARGV[6] order id  ARGV[7] attempt  ARGV[8] payload ("" when unusable)  ARGV[9] now (ms)
+-- Returns the dead letter's id.
+local group, msg, stage, deliveries, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local oid, attempt, payload, now = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local prev = ""
+if oid ~= "" then
+  local cur = redis.call("HMGET", KEYS[4], "s", "a", "k", "h", "d")
+  if cur[1] and cur[3] == stage and cur[2] == attempt then
+    prev = cur[1]
+    if payload == "" then
+      payload = cur[5] or ""
+    end
+    redis.call("HSET", KEYS[4], "s", "dead_lettered", "k", "", "u", now, "e", err,
+      "h", (cur[4] or "") .. ";dead_lettered@" .. now)
+    redis.call("HINCRBY", KEYS[3], prev, -1)
+    redis.call("HINCRBY", KEYS[3], "dead_lettered", 1)
+    redis.call("XADD", KEYS[5], "*", "o", oid, "a", attempt, "s", "dead_lettered", "d", payload)
+  end
+end
+local id = redis.call("XADD", KEYS[2], "*", "stage", stage, "id", msg, "deliveries", deliveries,
+  "error", err, "o", oid, "a", attempt, "d", payload, "prev", prev, "at", now)
+redis.call("XACK", KEYS[1], group, msg)
+return id

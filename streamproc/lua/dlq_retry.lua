@@ -1,0 +1,32 @@
+-- dlq_retry.lua: send one dead letter back to its stage with a fresh delivery budget (a new entry).
+-- An order that was dead-lettered by this entry gets its previous state back and waits for the
+-- stage again; the dead letter is removed in the same step.
+-- KEYS[1] dead-letter stream  KEYS[2] state counts  KEYS[3] order hash  KEYS[4] stage stream
+-- ARGV[1] dead-letter id  ARGV[2] stage (as read by the caller)  ARGV[3] now (ms)
+-- Returns the new stage entry id, or false when the dead letter is gone or names another stage.
+local entries = redis.call("XRANGE", KEYS[1], ARGV[1], ARGV[1])
+if #entries == 0 then
+  return false
+end
+local f = {}
+local raw = entries[1][2]
+for i = 1, #raw, 2 do
+  f[raw[i]] = raw[i + 1]
+end
+if f["stage"] ~= ARGV[2] then
+  return false
+end
+local state = f["prev"] or ""
+if f["o"] ~= "" and state ~= "" then
+  local cur = redis.call("HMGET", KEYS[3], "s", "a", "h")
+  if cur[1] == "dead_lettered" and cur[2] == f["a"] then
+    redis.call("HSET", KEYS[3], "s", state, "k", f["stage"], "u", ARGV[3],
+      "h", (cur[3] or "") .. ";" .. state .. "@" .. ARGV[3])
+    redis.call("HDEL", KEYS[3], "e")
+    redis.call("HINCRBY", KEYS[2], "dead_lettered", -1)
+    redis.call("HINCRBY", KEYS[2], state, 1)
+  end
+end
+local id = redis.call("XADD", KEYS[4], "*", "o", f["o"], "a", f["a"], "s", state, "d", f["d"])
+redis.call("XDEL", KEYS[1], ARGV[1])
+return id
