@@ -1,5 +1,6 @@
 """Test-only fault hook: STREAMPROC_FAULT=<stage>:<point> SIGKILLs the process at that point.
 
+STREAMPROC_FAULT_POISON=<order id> makes every handler raise on that order, like a bug would.
 Points: before_effect (batch read, nothing done), after_effect (effects applied, not committed),
 after_commit (transition + next XADD + XACK done; the commit and the ack are one atomic step here,
 so this is also "after the ack"). Unset, the hook is a None check per batch.
@@ -20,6 +21,15 @@ def fault_point(stage: str, env: dict[str, str] | None = None) -> str | None:
     if target in (stage, "all") and point in POINTS:
         return point
     return None
+
+
+def poison_order(env: dict[str, str] | None = None) -> str | None:
+    """STREAMPROC_FAULT_POISON=<order id>: every stage's handler raises on that order."""
+    return (os.environ if env is None else env).get("STREAMPROC_FAULT_POISON") or None
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the poison hook, standing in for a handler bug."""
 
 
 def die_now() -> None:

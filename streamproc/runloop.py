@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamproc.errors import PermanentError, RetryableError, ServerError
-from streamproc.faults import die_now, fault_point
+from streamproc.faults import InjectedFault, die_now, fault_point, poison_order
 from streamproc.transport import Decision, Message, StageStream
 
 log = logging.getLogger("streamproc.runloop")
@@ -94,6 +94,7 @@ class RunLoop:
         self.outcomes: Counter[str] = Counter()
         self.fatal: BaseException | None = None
         self._fault = fault_point(stream.stage)
+        self._poison = poison_order()
         self._tasks: set[asyncio.Task[None]] = set()
         # Ids being handled here: the reclaimer must not hand an entry that is merely slow (idle
         # longer than claim_idle_ms while in flight) to this same loop a second time.
@@ -255,7 +256,7 @@ class RunLoop:
         if self._fault == "before_effect":
             die_now()
         try:
-            decided = await self.handler.handle(good)
+            decided = await self._handle(good)
         except PermanentError as exc:
             for message in good:
                 await self._dead_letter(message, str(exc))
@@ -263,13 +264,23 @@ class RunLoop:
         except TRANSIENT:
             raise
         except Exception as exc:
+            if len(good) > 1:
+                # Isolate the culprit: one bad order must not spend its batch-mates' budgets.
+                for message in good:
+                    await self._process([message])
+                return
             # An unexpected handler error counts against the delivery budget like a transient one.
-            log.exception("%s: handler failed on a batch of %d", self.stream.stage, len(good))
+            log.exception("%s: handler failed on order %s", self.stream.stage, good[0].order_id)
             await self._failed(good, f"{type(exc).__name__}: {exc}")
             return
         if self._fault == "after_effect":
             die_now()
         await self._settle(decided)
+
+    async def _handle(self, batch: list[Message]) -> list[Decision]:
+        if self._poison is not None and any(m.order_id == self._poison for m in batch):
+            raise InjectedFault(f"injected poison for order {self._poison}")
+        return await self.handler.handle(batch)
 
     async def _settle(self, decided: list[Decision]) -> None:
         """Commit the decided messages; retry or dead-letter the ones the handler could not."""

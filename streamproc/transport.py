@@ -171,6 +171,7 @@ class StageStream:
             message.attempt,
             payload,
             int(time.time() * 1000),
+            message.state,
         ]
         try:
             result = await self.scripts.run("dead_letter", keys, args)

@@ -6,9 +6,10 @@
 -- KEYS[5] notify stream
 -- ARGV[1] group  ARGV[2] msg id  ARGV[3] stage  ARGV[4] deliveries  ARGV[5] last error
 -- ARGV[6] order id  ARGV[7] attempt  ARGV[8] payload ("" when unusable)  ARGV[9] now (ms)
+-- ARGV[10] the state the message carried (kept so a retry re-sends it unchanged)
 -- Returns the dead letter's id.
 local group, msg, stage, deliveries, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local oid, attempt, payload, now = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local oid, attempt, payload, now, carried = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local prev = ""
 if oid ~= "" then
   local cur = redis.call("HMGET", KEYS[4], "s", "a", "k", "h", "d")
@@ -25,6 +26,6 @@ if oid ~= "" then
   end
 end
 local id = redis.call("XADD", KEYS[2], "*", "stage", stage, "id", msg, "deliveries", deliveries,
-  "error", err, "o", oid, "a", attempt, "d", payload, "prev", prev, "at", now)
+  "error", err, "o", oid, "a", attempt, "d", payload, "prev", prev, "s", carried, "at", now)
 redis.call("XACK", KEYS[1], group, msg)
 return id

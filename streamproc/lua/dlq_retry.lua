@@ -17,7 +17,9 @@ if f["stage"] ~= ARGV[2] then
   return false
 end
 local state = f["prev"] or ""
-if f["o"] ~= "" and state ~= "" then
+if state == "" then
+  state = f["s"] or ""
+elseif f["o"] ~= "" then
   local cur = redis.call("HMGET", KEYS[3], "s", "a", "h")
   if cur[1] == "dead_lettered" and cur[2] == f["a"] then
     redis.call("HSET", KEYS[3], "s", state, "k", f["stage"], "u", ARGV[3],
