@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import time
 
 from streamproc.context import StageContext
 from streamproc.notifications import (
@@ -10,6 +13,7 @@ from streamproc.notifications import (
     Notification,
     decode_record,
     encode_record,
+    new_id,
     new_record,
     now_iso,
 )
@@ -23,24 +27,41 @@ class NotifyHandler:
 
     def __init__(self, ctx: StageContext) -> None:
         self.client = ctx.client
+        self.scripts = ctx.scripts
         self.hash_key = ctx.keys.notifications
+        self.lease_key = ctx.keys.notification_leases
         self.channel = LogChannel(ctx.settings.notifications_log_path)
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+        # Longer than a reclaim takes, so a live holder keeps its lease while it works.
+        self.lease_ms = 2 * max(ctx.settings.claim_idle_ms, 5_000)
 
     async def handle(self, batch: list[Message]) -> list[Decision]:
-        """Look records up, write what is not yet sent in one append, then mark it sent."""
+        """Lease the records, write what is not yet sent in one append, then mark it sent.
+
+        A record leased by another live consumer is left undecided: its entry stays pending and
+        is looked at again after the other consumer has marked it sent.
+        """
         # One record per id: a re-submitted order (`ingest --force`) that ends the same way again
         # brings a second message for the same record, possibly in the same batch.
-        fresh = list(
-            {
-                r.id: r
-                for r in (new_record(m.order, m.state, self.channel.name) for m in batch if m.order)
-            }.values()
+        fresh = {
+            r.id: r
+            for r in (new_record(m.order, m.state, self.channel.name) for m in batch if m.order)
+        }
+        claimed = await self.scripts.run(
+            "notify_claim",
+            [self.hash_key, self.lease_key],
+            [self.owner, int(time.time() * 1000), self.lease_ms, *fresh],
         )
-        stored = await self.client.hmget(self.hash_key, [r.id for r in fresh])
+        busy: set[str] = set()
         to_send: list[Notification] = []
         sent: list[Notification] = []
-        for record, raw in zip(fresh, stored, strict=True):
-            current = decode_record(raw) if isinstance(raw, bytes) else record
+        for (record_id, record), verdict, raw in zip(
+            fresh.items(), claimed[0::2], claimed[1::2], strict=True
+        ):
+            if verdict == b"busy":
+                busy.add(record_id)
+                continue
+            current = decode_record(raw) if raw else record
             if current.status == "sent":
                 continue
             if current.log_offset >= 0 and await asyncio.to_thread(
@@ -61,5 +82,12 @@ class NotifyHandler:
             stamp = now_iso()
             for record in sent:
                 record.status, record.sent_at, record.error_message = "sent", stamp, ""
-            await self.client.hset(self.hash_key, mapping={r.id: encode_record(r) for r in sent})
-        return [Decision(m, "notified") for m in batch]
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(self.hash_key, mapping={r.id: encode_record(r) for r in sent})
+            pipe.hdel(self.lease_key, *(r.id for r in sent))
+            await pipe.execute()
+        return [
+            Decision(m, "notified")
+            for m in batch
+            if not (m.order and new_id(m.order.order_id, m.state, self.channel.name) in busy)
+        ]

@@ -63,6 +63,11 @@ class Keys:
         """Hash (order, type, channel) → notification record."""
         return f"{self._pipe}:notifications"
 
+    @property
+    def notification_leases(self) -> str:
+        """Hash notification id → owner|expiry: who may send it right now."""
+        return f"{self._pipe}:notifications:leases"
+
     # -- stock slot ----------------------------------------------------------------------------
     @property
     def _stock(self) -> str:

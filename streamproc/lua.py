@@ -11,16 +11,11 @@ import redis
 import redis.asyncio as aredis
 from redis.commands.core import AsyncScript, Script
 
-SCRIPT_NAMES = (
-    "ingest",
-    "commit",
-    "stock_reserve",
-    "stock_settle",
-    "gateway_charge",
-    "stock_set",
-    "dead_letter",
-    "dlq_retry",
-)
+
+def script_names() -> tuple[str, ...]:
+    """Every lua/<name>.lua shipped in the package."""
+    folder = resources.files("streamproc").joinpath("lua")
+    return tuple(sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".lua")))
 
 
 @cache
@@ -38,7 +33,7 @@ class AsyncScripts:
     @classmethod
     def register(cls, client: aredis.Redis) -> AsyncScripts:
         """Register all scripts on `client`."""
-        return cls({name: client.register_script(script_source(name)) for name in SCRIPT_NAMES})
+        return cls({name: client.register_script(script_source(name)) for name in script_names()})
 
     async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run script `name` with KEYS and ARGV."""
@@ -54,7 +49,7 @@ class SyncScripts:
     @classmethod
     def register(cls, client: redis.Redis) -> SyncScripts:
         """Register all scripts on `client`."""
-        return cls({name: client.register_script(script_source(name)) for name in SCRIPT_NAMES})
+        return cls({name: client.register_script(script_source(name)) for name in script_names()})
 
     def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run script `name` with KEYS and ARGV."""

@@ -60,9 +60,19 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def notification_type(state: str) -> str:
+    """success for completed orders, failed for every other terminal state."""
+    return SUCCESS if state == COMPLETED else FAILED_TYPE
+
+
+def new_id(order_id: str, state: str, channel: str) -> str:
+    """The record id of the automatic notification: one per (order, type, channel)."""
+    return f"{order_id}:{notification_type(state)}:{channel}"
+
+
 def new_record(order: Order, state: str, channel: str) -> Notification:
     """The record of the automatic notification for an order that reached `state`."""
-    kind = SUCCESS if state == COMPLETED else FAILED_TYPE
+    kind = notification_type(state)
     total = format_cents(order.total_cents)
     text = (
         f"Order {order.order_id} completed: {total} {order.currency} charged."
@@ -70,7 +80,7 @@ def new_record(order: Order, state: str, channel: str) -> Notification:
         else f"Order {order.order_id} could not be completed ({state.replace('_', ' ')})."
     )
     return Notification(
-        id=f"{order.order_id}:{kind}:{channel}",
+        id=new_id(order.order_id, state, channel),
         order_reference=order.order_id,
         notification_type=kind,
         channel=channel,

@@ -180,3 +180,22 @@ def test_two_messages_for_one_record_in_a_batch_write_one_line(
     assert [d.outcome for d in decisions] == ["notified", "notified"]
     assert log_ids(log_path) == ["twice:failed:log"]
     assert stored(r, "twice:failed:log").status == "sent"
+
+
+def test_record_leased_by_another_live_consumer_is_left_pending(
+    redis_url: str, r: redis.Redis, log_path: Path
+) -> None:
+    """Two live consumers on one reclaimed entry: only the lease holder writes it."""
+    record_id = "3003:success:log"
+    # Another consumer holds a fresh lease on the record (it is sending right now).
+    r.hset(KEYS.notification_leases, record_id, "other-consumer|99999999999999")
+    decisions = notify(redis_url, log_path, [terminal("3003"), terminal("3004")])
+    assert [d.message.order_id for d in decisions] == ["3004"]  # 3003 stays pending
+    assert log_ids(log_path) == ["3004:success:log"]
+    # Once the lease has expired (its holder died), the entry is sent by whoever comes next.
+    r.hset(KEYS.notification_leases, record_id, "other-consumer|1")
+    decisions = notify(redis_url, log_path, [terminal("3003")])
+    assert [d.outcome for d in decisions] == ["notified"]
+    assert log_ids(log_path) == ["3004:success:log", record_id]
+    assert stored(r, record_id).status == "sent"
+    assert r.hexists(KEYS.notification_leases, record_id) is False
