@@ -30,10 +30,11 @@ class NotifyHandler:
         self.scripts = ctx.scripts
         self.hash_key = ctx.keys.notifications
         self.lease_key = ctx.keys.notification_leases
+        self.keys = ctx.keys
         self.channel = LogChannel(ctx.settings.notifications_log_path)
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         # Longer than a reclaim takes, so a live holder keeps its lease while it works.
-        self.lease_ms = 2 * max(ctx.settings.claim_idle_ms, 5_000)
+        self.lease_ms = max(2 * ctx.settings.claim_idle_ms, 1_000)
 
     async def handle(self, batch: list[Message]) -> list[Decision]:
         """Lease the records, write what is not yet sent in one append, then mark it sent.
@@ -41,11 +42,16 @@ class NotifyHandler:
         A record leased by another live consumer is left undecided: its entry stays pending and
         is looked at again after the other consumer has marked it sent.
         """
+        stale = await self._stale(batch)
         # One record per id: a re-submitted order (`ingest --force`) that ends the same way again
         # brings a second message for the same record, possibly in the same batch.
         fresh = {
             r.id: r
-            for r in (new_record(m.order, m.state, self.channel.name) for m in batch if m.order)
+            for r in (
+                new_record(m.order, m.state, self.channel.name)
+                for m in batch
+                if m.order and m.msg_id not in stale
+            )
         }
         claimed = await self.scripts.run(
             "notify_claim",
@@ -91,3 +97,16 @@ class NotifyHandler:
             for m in batch
             if not (m.order and new_id(m.order.order_id, m.state, self.channel.name) in busy)
         ]
+
+    async def _stale(self, batch: list[Message]) -> set[bytes]:
+        """Messages about a state the order has left (e.g. a dead_lettered order re-driven by
+        `dlq retry`, then its dead-lettered notification retried too): acked, never sent."""
+        pipe = self.client.pipeline(transaction=False)
+        for message in batch:
+            pipe.hmget(self.keys.order(message.order_id), "s", "a")
+        rows = await pipe.execute()
+        return {
+            m.msg_id
+            for m, (state, attempt) in zip(batch, rows, strict=True)
+            if state is not None and (state.decode() != m.state or int(attempt or 1) != m.attempt)
+        }

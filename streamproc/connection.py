@@ -91,7 +91,9 @@ def describe_connection_error(url: str, exc: Exception) -> ServerError:
 def _reason(exc: BaseException) -> str:
     # redis-py wraps the socket error; the OS's own words ("Connection refused") read best.
     seen: BaseException | None = exc
-    while seen is not None:
+    visited: set[int] = set()  # a chain may loop (`raise exc from exc`): walk it once
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
         if isinstance(seen, OSError) and (seen.errno or seen.strerror):
             # asyncio's strerror is "Connect call failed (...)"; the errno text is the same as sync.
             if isinstance(seen.errno, int) and seen.errno > 0:

@@ -67,7 +67,10 @@ def retry(client: redis.Redis, keys: Keys, ids: Sequence[str]) -> tuple[int, lis
     scripts = SyncScripts.register(client)
     retried, missing = 0, []
     for dead_id in ids:
-        found = client.xrange(keys.dead_letters, min=dead_id, max=dead_id)
+        try:
+            found = client.xrange(keys.dead_letters, min=dead_id, max=dead_id)
+        except redis.ResponseError:  # not a stream id at all: not found, like `purge` says
+            found = []
         if not found:
             missing.append(dead_id)
             continue

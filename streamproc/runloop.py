@@ -241,7 +241,9 @@ class RunLoop:
             else:
                 retry.append(message)
         if retry:
-            await asyncio.sleep(retry_delay_s(max(m.deliveries for m in retry)))
+            # Never wait as long as a reclaim takes, or a peer would take the entry meanwhile.
+            delay_s = retry_delay_s(max(m.deliveries for m in retry))
+            await asyncio.sleep(min(delay_s, self.claim_idle_ms / 2000))
             await self._process(retry)
 
     async def _process(self, batch: list[Message]) -> None:
@@ -276,6 +278,10 @@ class RunLoop:
         if self._fault == "after_effect":
             die_now()
         await self._settle(decided)
+        # A message the handler left undecided (notify: leased by another consumer) is not a
+        # failure: it stays pending for a later reclaim, and this delivery does not count.
+        answered = {d.message.msg_id for d in decided}
+        await self.stream.uncount_delivery([m for m in good if m.msg_id not in answered])
 
     async def _handle(self, batch: list[Message]) -> list[Decision]:
         if self._poison is not None and any(m.order_id == self._poison for m in batch):

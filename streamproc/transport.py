@@ -257,6 +257,24 @@ class StageStream:
             raise _lost_data(exc, self.stream) from exc
         return [int(x) for x in result]
 
+    async def uncount_delivery(self, messages: Sequence[Message]) -> None:
+        """Leave these entries pending without spending their delivery budget.
+
+        For entries a handler could not start yet (another consumer holds their lease): the
+        delivery that brought them is taken back (XCLAIM RETRYCOUNT), so waiting for a crashed
+        holder's lease to expire never dead-letters them.
+        """
+        for message in messages:
+            await self.client.xclaim(
+                self.stream,
+                self.group,
+                self.consumer,
+                0,
+                [message.msg_id],
+                retrycount=max(0, message.deliveries - 1),
+                justid=True,
+            )
+
     async def ack(self, msg_ids: Sequence[bytes]) -> None:
         """Plain XACK (for entries whose body is gone)."""
         if msg_ids:
@@ -284,7 +302,9 @@ def _id_key(entry_id: bytes | str) -> tuple[int, int]:
 
 
 def _lost_data(exc: ResponseError, stream: str) -> Exception:
-    if "NOGROUP" in str(exc):
+    # NOGROUP: the stream or group is gone. UNBLOCKED: it was deleted while we were blocked in
+    # XREADGROUP (FLUSHALL, DEL), which is where an idle consumer usually is.
+    if "NOGROUP" in str(exc) or str(exc).startswith("UNBLOCKED"):
         return ServerError(
             f"consumer group of {stream} is missing: the server lost its data "
             "(refusing to re-create it and skip work)"
