@@ -13,7 +13,6 @@ from streamproc.notifications import (
     Notification,
     decode_record,
     encode_record,
-    new_id,
     new_record,
     now_iso,
 )
@@ -42,31 +41,30 @@ class NotifyHandler:
         A record leased by another live consumer is left undecided: its entry stays pending and
         is looked at again after the other consumer has marked it sent.
         """
-        stale = await self._stale(batch)
-        # One record per id: a re-submitted order (`ingest --force`) that ends the same way again
-        # brings a second message for the same record, possibly in the same batch.
-        fresh = {
-            r.id: r
-            for r in (
-                new_record(m.order, m.state, self.channel.name)
-                for m in batch
-                if m.order and m.msg_id not in stale
-            )
-        }
+        decidable = [m for m in batch if m.order]
+        records = [new_record(m.order, m.state, self.channel.name) for m in decidable if m.order]
+        args: list[object] = [self.owner, int(time.time() * 1000), self.lease_ms]
+        for message, record in zip(decidable, records, strict=True):
+            args += [record.id, message.state, message.attempt]
         claimed = await self.scripts.run(
             "notify_claim",
-            [self.hash_key, self.lease_key],
-            [self.owner, int(time.time() * 1000), self.lease_ms, *fresh],
+            [self.hash_key, self.lease_key, *(self.keys.order(m.order_id) for m in decidable)],
+            args,
         )
-        busy: set[str] = set()
-        to_send: list[Notification] = []
-        sent: list[Notification] = []
-        for (record_id, record), verdict, raw in zip(
-            fresh.items(), claimed[0::2], claimed[1::2], strict=True
+        # One record per id: a re-submitted order (`ingest --force`) that ends the same way again
+        # brings a second message for the same record, possibly in the same batch.
+        fresh: dict[str, tuple[Notification, bytes]] = {}
+        busy_msgs: set[bytes] = set()
+        for message, record, verdict, raw in zip(
+            decidable, records, claimed[0::2], claimed[1::2], strict=True
         ):
             if verdict == b"busy":
-                busy.add(record_id)
-                continue
+                busy_msgs.add(message.msg_id)
+            elif verdict == b"ok":
+                fresh[record.id] = (record, raw)
+        to_send: list[Notification] = []
+        sent: list[Notification] = []
+        for record, raw in fresh.values():
             current = decode_record(raw) if raw else record
             if current.status == "sent":
                 continue
@@ -92,21 +90,4 @@ class NotifyHandler:
             pipe.hset(self.hash_key, mapping={r.id: encode_record(r) for r in sent})
             pipe.hdel(self.lease_key, *(r.id for r in sent))
             await pipe.execute()
-        return [
-            Decision(m, "notified")
-            for m in batch
-            if not (m.order and new_id(m.order.order_id, m.state, self.channel.name) in busy)
-        ]
-
-    async def _stale(self, batch: list[Message]) -> set[bytes]:
-        """Messages about a state the order has left (e.g. a dead_lettered order re-driven by
-        `dlq retry`, then its dead-lettered notification retried too): acked, never sent."""
-        pipe = self.client.pipeline(transaction=False)
-        for message in batch:
-            pipe.hmget(self.keys.order(message.order_id), "s", "a")
-        rows = await pipe.execute()
-        return {
-            m.msg_id
-            for m, (state, attempt) in zip(batch, rows, strict=True)
-            if state is not None and (state.decode() != m.state or int(attempt or 1) != m.attempt)
-        }
+        return [Decision(m, "notified") for m in batch if m.msg_id not in busy_msgs]

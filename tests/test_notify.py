@@ -189,7 +189,9 @@ def test_record_leased_by_another_live_consumer_is_left_pending(
     record_id = "3003:success:log"
     # Another consumer holds a fresh lease on the record (it is sending right now).
     r.hset(KEYS.notification_leases, record_id, "other-consumer|99999999999999")
-    decisions = notify(redis_url, log_path, [terminal("3003"), terminal("3004")])
+    first, second = terminal("3003"), terminal("3004")
+    second.msg_id = b"2-0"  # terminal() derives ids from the length of the order id
+    decisions = notify(redis_url, log_path, [first, second])
     assert [d.message.order_id for d in decisions] == ["3004"]  # 3003 stays pending
     assert log_ids(log_path) == ["3004:success:log"]
     # Once the lease has expired (its holder died), the entry is sent by whoever comes next.
