@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_DECIMAL = re.compile(r"(\d{1,9})(?:\.(\d{1,2}))?")
+_DECIMAL = re.compile(r"([0-9]{1,9})(?:\.([0-9]{1,2}))?")  # ASCII digits only
 
 
 def parse_cents(text: str) -> int:
