@@ -12,6 +12,7 @@ import redis
 from streamproc.errors import ConfigError
 from streamproc.keys import STAGES, Keys
 from streamproc.lua import SyncScripts
+from streamproc.replies import text
 
 
 class DeadLetter(msgspec.Struct):
@@ -28,20 +29,16 @@ class DeadLetter(msgspec.Struct):
     dead_lettered_at_ms: int
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
-
-
 def _parse(entry_id: Any, fields: Any) -> DeadLetter:
     return DeadLetter(
-        id=_text(entry_id),
-        stage=_text(fields.get(b"stage")),
-        original_id=_text(fields.get(b"id")),
-        order_id=_text(fields.get(b"o")),
+        id=text(entry_id),
+        stage=text(fields.get(b"stage")),
+        original_id=text(fields.get(b"id")),
+        order_id=text(fields.get(b"o")),
         attempt=int(fields.get(b"a") or 1),
         deliveries=int(fields.get(b"deliveries") or 0),
-        error=_text(fields.get(b"error")),
-        previous_state=_text(fields.get(b"prev")),
+        error=text(fields.get(b"error")),
+        previous_state=text(fields.get(b"prev")),
         dead_lettered_at_ms=int(fields.get(b"at") or 0),
     )
 
@@ -59,7 +56,7 @@ def iter_dead_letters(
             letter = _parse(entry_id, fields)
             if stage is None or letter.stage == stage:
                 yield letter
-        start = "(" + _text(entries[-1][0])
+        start = "(" + text(entries[-1][0])
 
 
 def retry(client: redis.Redis, keys: Keys, ids: Sequence[str]) -> tuple[int, list[str]]:

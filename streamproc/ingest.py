@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -190,8 +189,3 @@ def ingest_file(
         rejects_file=str(rejects.path) if rejects.count else None,
         unknown_columns=reader.unknown_columns,
     )
-
-
-def stderr_is_terminal() -> bool:
-    """Progress bars only make sense for a person watching."""
-    return sys.stderr.isatty()

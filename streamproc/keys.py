@@ -106,8 +106,3 @@ class Keys:
     def gateway_stats(self) -> str:
         """Hash of gateway counters (calls, peak in flight) for tests and status."""
         return f"{self._gateway}:stats"
-
-    def all_slots_patterns(self) -> tuple[str, ...]:
-        """SCAN patterns covering every key of this namespace (for reset)."""
-        ns = self.namespace
-        return ("{" + ns + "}:*", "{" + ns + ":stock}:*", "{" + ns + ":gw}:*")

@@ -23,8 +23,6 @@ STATES: tuple[str, ...] = (
     DEAD_LETTERED,
 )
 TERMINAL_STATES: frozenset[str] = frozenset({COMPLETED, FAILED, ROLLED_BACK, DEAD_LETTERED})
-# States `ingest --force` may re-submit: never a completed order.
-RESUBMITTABLE_STATES: frozenset[str] = frozenset({FAILED, ROLLED_BACK, DEAD_LETTERED})
 
 
 class Line(msgspec.Struct, array_like=True, frozen=True):

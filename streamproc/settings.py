@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamproc.errors import ConfigError
@@ -99,7 +99,3 @@ class Settings:
     def notifications_log_path(self) -> Path:
         """Where the log channel appends its JSON lines."""
         return self.notifications_log or self.home_dir / "notifications.log"
-
-    def with_changes(self, **changes: object) -> Settings:
-        """A copy with some fields replaced (CLI flags override the environment)."""
-        return replace(self, **changes)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from redis.exceptions import ResponseError
 
 from streamproc.keys import STAGES, Keys
 from streamproc.models import STATES, TERMINAL_STATES
+from streamproc.replies import id_key, id_ms, text
 from streamproc.stock import show_stock
 
 
@@ -49,24 +50,13 @@ class Status(msgspec.Struct):
         return streams_idle and in_progress == 0
 
 
-def _id_ms(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[0])
-
-
-def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def _group_lag(client: redis.Redis, stream: str, group: dict[str, Any], last_id: Any) -> int:
     lag = group.get("lag")
     if lag is not None:
         return int(lag)
     # Redis reports no lag after deletions; count the undelivered entries instead.
     delivered = group.get("last-delivered-id") or b"0-0"
-    if last_id is None or _id_tuple(delivered) >= _id_tuple(last_id):
+    if last_id is None or id_key(delivered) >= id_key(last_id):
         return 0
     start = delivered.decode() if isinstance(delivered, bytes) else str(delivered)
     return len(client.xrange(stream, min="(" + start, max="+", count=1_000_000) or [])
@@ -80,7 +70,7 @@ def stage_status(client: redis.Redis, keys: Keys, stage: str, now_ms: int) -> St
         groups = client.xinfo_groups(stream)
     except ResponseError:
         return StageStatus(0, 0, 0, 0, 0)
-    group = next((g for g in groups if _name(g["name"]) == keys.group(stage)), None)
+    group = next((g for g in groups if text(g["name"]) == keys.group(stage)), None)
     if group is None:
         return StageStatus(int(info["length"]), int(info["length"]), 0, 0, 0)
     pending = int(group["pending"])
@@ -88,7 +78,7 @@ def stage_status(client: redis.Redis, keys: Keys, stage: str, now_ms: int) -> St
     if pending:
         summary = client.xpending(stream, keys.group(stage))
         if summary.get("min"):
-            oldest = max(0, now_ms - _id_ms(summary["min"]))
+            oldest = max(0, now_ms - id_ms(summary["min"]))
     return StageStatus(
         length=int(info["length"]),
         lag=_group_lag(client, stream, group, info.get("last-generated-id")),
@@ -98,16 +88,12 @@ def stage_status(client: redis.Redis, keys: Keys, stage: str, now_ms: int) -> St
     )
 
 
-def _name(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def collect_status(client: redis.Redis, keys: Keys) -> Status:
     """Everything `status` shows, read from the server."""
     seconds, micros = client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     stages = {stage: stage_status(client, keys, stage, now_ms) for stage in STAGES}
-    counts = {_name(k): int(v) for k, v in client.hgetall(keys.state_counts).items()}
+    counts = {text(k): int(v) for k, v in client.hgetall(keys.state_counts).items()}
     orders = {state: counts.get(state, 0) for state in STATES}
     orders["total"] = sum(orders.values())
     try:

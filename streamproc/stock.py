@@ -15,6 +15,7 @@ from streamproc.errors import InputFileError
 from streamproc.keys import Keys
 from streamproc.lua import AsyncScripts, SyncScripts
 from streamproc.money import parse_cents
+from streamproc.replies import text
 
 STOCK_COLUMNS = ("available", "reserved", "committed", "initial")
 SKU_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
@@ -50,17 +51,13 @@ class StockLedger:
         """Reserve all lines of each request or none: "r", or "f:<reason>" per request."""
         keys = [*(self.keys.stock(c) for c in STOCK_COLUMNS), self.keys.reservations]
         args = [self.policy, self.default_stock, len(requests), *_pack(requests)]
-        return [_text(x) for x in await self.scripts.run("stock_reserve", keys, args)]
+        return [text(x) for x in await self.scripts.run("stock_reserve", keys, args)]
 
     async def settle(self, requests: Sequence[StockRequest], commit: bool) -> list[str]:
         """Commit (sold) or release (rolled back) reservations: the state after, per request."""
         keys = [*(self.keys.stock(c) for c in STOCK_COLUMNS[:3]), self.keys.reservations]
         args = ["commit" if commit else "release", len(requests), *_pack(requests)]
-        return [_text(x) for x in await self.scripts.run("stock_settle", keys, args)]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        return [text(x) for x in await self.scripts.run("stock_settle", keys, args)]
 
 
 class StockRow(msgspec.Struct, frozen=True):

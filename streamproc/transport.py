@@ -21,6 +21,7 @@ from streamproc.errors import ServerError
 from streamproc.keys import STAGES, Keys
 from streamproc.lua import AsyncScripts
 from streamproc.models import Order, decode_order, encode_order
+from streamproc.replies import id_key, text
 from streamproc.workflow import TRANSITIONS, outputs_of
 
 log = logging.getLogger("streamproc.transport")
@@ -76,11 +77,15 @@ def parse_entry(msg_id: bytes, fields: dict[bytes, bytes]) -> Message:
     return Message(msg_id, order_id or order.order_id, attempt, state, order)
 
 
+def _group_specs(keys: Keys) -> list[tuple[str, str]]:
+    return [(keys.stream(stage), keys.group(stage)) for stage in STAGES]
+
+
 async def ensure_groups(client: aredis.Redis, keys: Keys) -> None:
     """Create every stage stream and its group (from the first entry) when missing."""
-    for stage in STAGES:
+    for stream, group in _group_specs(keys):
         try:
-            await client.xgroup_create(keys.stream(stage), keys.group(stage), id="0", mkstream=True)
+            await client.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -88,9 +93,9 @@ async def ensure_groups(client: aredis.Redis, keys: Keys) -> None:
 
 def ensure_groups_sync(client: redis.Redis, keys: Keys) -> None:
     """ensure_groups for the blocking client (ingest creates them before its first XADD)."""
-    for stage in STAGES:
+    for stream, group in _group_specs(keys):
         try:
-            client.xgroup_create(keys.stream(stage), keys.group(stage), id="0", mkstream=True)
+            client.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -131,14 +136,15 @@ class StageStream:
                 self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
             )
         except ResponseError as exc:
-            raise _lost_data(exc, self.stream) from exc
+            _raise_if_lost(exc, self.stream)
+            raise
         return _messages(reply)
 
     async def delivery_counts(self, messages: Sequence[Message]) -> None:
         """Set each message's server-side delivery counter (XPENDING; reads do not carry it)."""
         if not messages:
             return
-        ids = sorted((m.msg_id for m in messages), key=_id_key)
+        ids = sorted((m.msg_id for m in messages), key=id_key)
         rows = await self.client.xpending_range(
             self.stream,
             self.group,
@@ -176,7 +182,8 @@ class StageStream:
         try:
             result = await self.scripts.run("dead_letter", keys, args)
         except ResponseError as exc:
-            raise _lost_data(exc, self.stream) from exc
+            _raise_if_lost(exc, self.stream)
+            raise
         return bytes(result) if isinstance(result, bytes) else str(result).encode()
 
     async def trim(self, forget_consumers_idle_ms: int) -> int:
@@ -188,18 +195,19 @@ class StageStream:
         try:
             groups = await self.client.xinfo_groups(self.stream)
         except ResponseError as exc:
-            raise _lost_data(exc, self.stream) from exc
-        group = next((g for g in groups if _str(g["name"]) == self.group), None)
+            _raise_if_lost(exc, self.stream)
+            raise
+        group = next((g for g in groups if text(g["name"]) == self.group), None)
         if group is None:
             raise ServerError(f"consumer group of {self.stream} is missing: the server lost data")
-        floor = _str(group["last-delivered-id"])
+        floor = text(group["last-delivered-id"])
         if int(group["pending"]):
             summary = await self.client.xpending(self.stream, self.group)
             if summary.get("min") is not None:
-                floor = min(floor, _str(summary["min"]), key=_id_key)
+                floor = min(floor, text(summary["min"]), key=id_key)
         removed = int(await self.client.xtrim(self.stream, minid=floor, approximate=True))
         for consumer in await self.client.xinfo_consumers(self.stream, self.group):
-            name = _str(consumer["name"])
+            name = text(consumer["name"])
             idle = int(consumer["idle"])
             if (
                 name != self.consumer
@@ -218,7 +226,8 @@ class StageStream:
                 self.stream, self.group, self.consumer, min_idle_ms, start_id=start, count=count
             )
         except ResponseError as exc:
-            raise _lost_data(exc, self.stream) from exc
+            _raise_if_lost(exc, self.stream)
+            raise
         cursor, entries = reply[0], reply[1]
         deleted = reply[2] if len(reply) > 2 else []
         if deleted:
@@ -254,7 +263,8 @@ class StageStream:
         try:
             result = await self.scripts.run("commit", keys, args)
         except ResponseError as exc:
-            raise _lost_data(exc, self.stream) from exc
+            _raise_if_lost(exc, self.stream)
+            raise
         return [int(x) for x in result]
 
     async def uncount_delivery(self, messages: Sequence[Message]) -> None:
@@ -275,11 +285,6 @@ class StageStream:
                 justid=True,
             )
 
-    async def ack(self, msg_ids: Sequence[bytes]) -> None:
-        """Plain XACK (for entries whose body is gone)."""
-        if msg_ids:
-            await self.client.xack(self.stream, self.group, *msg_ids)
-
 
 def _messages(reply: Any) -> list[Message]:
     if not reply:
@@ -292,21 +297,15 @@ def _messages(reply: Any) -> list[Message]:
     return out
 
 
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _raise_if_lost(exc: ResponseError, stream: str) -> None:
+    """Turn a reply saying the stream or group is gone into a ServerError (the server lost data).
 
-
-def _id_key(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = _str(entry_id).partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _lost_data(exc: ResponseError, stream: str) -> Exception:
-    # NOGROUP: the stream or group is gone. UNBLOCKED: it was deleted while we were blocked in
-    # XREADGROUP (FLUSHALL, DEL), which is where an idle consumer usually is.
+    NOGROUP: the stream or group is gone. UNBLOCKED: it was deleted while we were blocked in
+    XREADGROUP (FLUSHALL, DEL), which is where an idle consumer usually is. Any other error is
+    left for the caller to re-raise as it is.
+    """
     if "NOGROUP" in str(exc) or str(exc).startswith("UNBLOCKED"):
-        return ServerError(
+        raise ServerError(
             f"consumer group of {stream} is missing: the server lost its data "
             "(refusing to re-create it and skip work)"
-        )
-    return exc
+        ) from exc
