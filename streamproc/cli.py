@@ -8,6 +8,7 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -206,6 +207,10 @@ def consume(env: Env, stage: str, consumer: str | None, concurrency: int | None)
     from streamproc.stages import resolve_stages
     from streamproc.worker import default_consumer_name, run_worker
 
+    # Until the run loop installs its own handlers nothing is in flight: a stop request while
+    # starting up (a supervisor's quick restart, a test's teardown) is a clean exit.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     stages = resolve_stages(stage)
     url = env.url
     env.client().close()  # fail fast and clearly when the server is not there
@@ -214,6 +219,10 @@ def consume(env: Env, stage: str, consumer: str | None, concurrency: int | None)
         run_worker(env.settings, url, stages, consumer or default_consumer_name(), concurrency)
     )
     sys.exit(code)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    sys.exit(EXIT_OK)
 
 
 def _use_uvloop() -> None:
