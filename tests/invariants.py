@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from streamproc.gateway import simulated_outcome
-from tests.test_pipeline_e2e import (
+from tests.support import (
     LOW_STOCK_FAILURES,
     TERMINAL,
     cli,

@@ -17,18 +17,8 @@ from streamproc import csvinput, csvreader
 from streamproc.csvinput import open_orders_file
 from streamproc.csvreader import OrderReader, ParsedOrder, RejectedRow
 from streamproc.errors import InputFileError
+from tests.support import HEADER as COLUMNS
 
-COLUMNS = [
-    "order_id",
-    "customer_id",
-    "customer_name",
-    "product_sku",
-    "product_name",
-    "quantity",
-    "unit_price",
-    "currency",
-    "order_date",
-]
 HEADER = ",".join(COLUMNS)
 GOOD = {
     "order_id": "1001",

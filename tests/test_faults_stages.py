@@ -40,7 +40,7 @@ from tests.invariants import (
     state_path,
     write_products,
 )
-from tests.test_pipeline_e2e import (
+from tests.support import (
     Pipeline,
     cli,
     export,

@@ -19,22 +19,12 @@ import redis
 from streamproc.keys import Keys
 from streamproc.models import Order, decode_order
 from tests.helpers import REPO_ROOT, free_port, run_cli, spawn_cli, stop_procs
+from tests.support import HEADER
 
 KEYS = Keys()
 SAMPLE = REPO_ROOT / "sample.csv"
 PRODUCTS = REPO_ROOT / "products.csv"
-COLUMNS = [
-    "order_id",
-    "customer_id",
-    "customer_name",
-    "product_sku",
-    "product_name",
-    "quantity",
-    "unit_price",
-    "currency",
-    "order_date",
-    "customer_email",
-]
+COLUMNS = [*HEADER, "customer_email"]
 GOOD = {
     "order_id": "G1",
     "customer_id": "501",

@@ -8,94 +8,28 @@ from __future__ import annotations
 
 import csv
 import json
-import random
-import subprocess
 import threading
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
-from streamproc.gateway import simulated_outcome
-from streamproc.keys import Keys
-from tests.helpers import REPO_ROOT, run_cli, spawn_cli, stop_procs
-
-KEYS = Keys()
-LOW_STOCK_FAILURES = {f"out_of_stock:SKU-G0{i}" for i in range(3)}
-TERMINAL = ("completed", "failed", "rolled_back", "dead_lettered")
-HEADER = [
-    "order_id",
-    "customer_id",
-    "customer_name",
-    "product_sku",
-    "product_name",
-    "quantity",
-    "unit_price",
-    "currency",
-    "order_date",
-]
-
-
-class Pipeline:
-    """Consumer processes started by one test; all of them are stopped at teardown."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, stage: str, count: int = 1) -> None:
-        """Start `count` `consume --stage STAGE` processes."""
-        for _ in range(count):
-            index = len(self.procs)
-            self.procs.append(
-                spawn_cli(
-                    ["consume", "--stage", stage],
-                    self.env,
-                    log_path=self.log_dir / f"consume-{index}-{stage}.log",
-                )
-            )
-
-    def wait_registered(self, stage: str, count: int, timeout_s: float = 20) -> None:
-        """Wait until `count` consumers have read from the stage's group (they are all up)."""
-        client = redis.Redis.from_url(self.env["STREAMPROC_REDIS_URL"])
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                try:
-                    if len(client.xinfo_consumers(KEYS.stream(stage), stage)) >= count:
-                        return
-                except redis.ResponseError:
-                    pass  # stream or group not created yet
-                time.sleep(0.05)
-        finally:
-            client.close()
-        pytest.fail(f"{count} {stage} consumers never registered\n{self.logs()}")
-
-    def logs(self) -> str:
-        """The tail of every consumer's output, for assertion messages."""
-        parts = []
-        for path in sorted(self.log_dir.glob("consume-*.log")):
-            tail = path.read_text(errors="replace").splitlines()[-15:]
-            parts.append(f"--- {path.name}\n" + "\n".join(tail))
-        return "\n".join(parts)
-
-    def wait_drained(self, timeout_s: float) -> None:
-        """`streamproc wait`, then a clean SIGTERM stop of every consumer (exit 0 each)."""
-        done = cli(
-            ["wait", "--timeout", str(timeout_s)], self.env, check=False, timeout=timeout_s + 30
-        )
-        if done.returncode != 0:
-            status = cli(["status"], self.env, check=False).stdout
-            pytest.fail(f"not drained: {done.stderr}\n{status}\n{self.logs()}")
-        for proc in self.procs:
-            assert proc.poll() is None, f"a consumer died during the run:\n{self.logs()}"
-        codes = stop_procs(self.procs)
-        assert codes == [0] * len(codes), f"consumer exit codes {codes}\n{self.logs()}"
+from tests.helpers import REPO_ROOT, stop_procs
+from tests.invariants import assert_pipeline_invariants, order_ids_in, write_products
+from tests.support import (
+    KEYS,
+    Pipeline,
+    assert_one_notification_per_order,
+    cli,
+    export,
+    generated_orders,
+    one_line,
+    status_json,
+    stock_show,
+    write_orders,
+)
 
 
 @pytest.fixture
@@ -106,70 +40,6 @@ def pipeline(sp_env: dict[str, str], tmp_path: Path) -> Iterator[Pipeline]:
         yield running
     finally:
         stop_procs(running.procs)
-
-
-def cli(
-    args: list[str], env: dict[str, str], check: bool = True, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """run_cli, asserting exit 0 unless check is False."""
-    done = run_cli(args, env, timeout=timeout)
-    if check:
-        assert done.returncode == 0, f"{args}: exit {done.returncode}\n{done.stderr}"
-    return done
-
-
-def export(env: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """`orders export --format jsonl` by order id."""
-    out = cli(["orders", "export", "--format", "jsonl"], env).stdout
-    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-    by_id = {row["order_id"]: row for row in rows}
-    assert len(by_id) == len(rows), "an order was exported twice"
-    return by_id
-
-
-def stock_show(env: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """`stock show --json` by SKU."""
-    rows = json.loads(cli(["stock", "show", "--json"], env).stdout)
-    return {row["sku"]: row for row in rows}
-
-
-def status_json(env: dict[str, str]) -> dict[str, Any]:
-    """`status --json`."""
-    return json.loads(cli(["status", "--json"], env).stdout)
-
-
-def notification_lines(env: dict[str, str]) -> list[dict[str, Any]]:
-    """Every JSON line of the notifications log."""
-    path = Path(env["STREAMPROC_HOME"]) / "notifications.log"
-    if "STREAMPROC_NOTIFICATIONS_LOG" in env:
-        path = Path(env["STREAMPROC_NOTIFICATIONS_LOG"])
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def write_orders(path: Path, rows: list[list[object]]) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(HEADER)
-        writer.writerows(rows)
-    return path
-
-
-def one_line(order_id: str, sku: str, quantity: int, price: str = "10.00") -> list[object]:
-    return [order_id, 1, "Test Customer", sku, "Thing", quantity, price, "USD", "2025-11-10"]
-
-
-def assert_one_notification_per_order(env: dict[str, str], orders: dict[str, Any]) -> None:
-    lines = notification_lines(env)
-    per_order = Counter(line["order_reference"] for line in lines)
-    assert set(per_order) == set(orders), "an order has no notification (or a stranger has one)"
-    repeated = {order_id: n for order_id, n in per_order.items() if n != 1}
-    assert not repeated, f"orders notified more than once: {repeated}"
-    for line in lines:
-        order = orders[line["order_reference"]]
-        assert line["order_status"] == order["state"]
-        assert line["type"] == ("success" if order["state"] == "completed" else "failed")
 
 
 def test_sample_csv_end_to_end(pipeline: Pipeline) -> None:
@@ -295,40 +165,6 @@ def test_order_with_one_line_out_of_stock_takes_nothing(pipeline: Pipeline, tmp_
     }
 
 
-def generated_orders(path: Path, count: int, seed: int) -> tuple[Path, dict[str, int]]:
-    """A seeded CSV of `count` orders (a quarter of them multi-line) and its SKU catalogue.
-
-    Three SKUs have little stock, so orders race for them and some fail.
-    """
-    rng = random.Random(seed)
-    catalogue = {f"SKU-G{i:02d}": (60 if i < 3 else 100_000) for i in range(16)}
-    skus = list(catalogue)
-    rows: list[list[object]] = []
-    for n in range(count):
-        customer = rng.randint(1, 900)
-        day = (
-            f"2025-11-{rng.randint(1, 28):02d} {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00"
-        )
-        line_count = rng.choice((1, 1, 1, 2, 3))
-        for sku in rng.sample(skus, line_count):
-            price = f"{rng.randint(100, 99_999) / 100:.2f}"
-            rows.append(
-                [
-                    f"G{n:05d}",
-                    customer,
-                    f"Customer {customer}",
-                    sku,
-                    "Item",
-                    rng.randint(1, 4),
-                    price,
-                    "USD",
-                    day,
-                ]
-            )
-    write_orders(path, rows)
-    return path, catalogue
-
-
 @pytest.mark.slow
 def test_five_thousand_orders_two_consumers_per_stage(pipeline: Pipeline, tmp_path: Path) -> None:
     seed, total = 7, 5000
@@ -339,11 +175,7 @@ def test_five_thousand_orders_two_consumers_per_stage(pipeline: Pipeline, tmp_pa
         STREAMPROC_BATCH_SIZE="50",
     )
     orders_csv, catalogue = generated_orders(tmp_path / "orders.csv", total, seed=2025)
-    products = tmp_path / "products.csv"
-    with products.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["sku", "name", "price", "stock"])
-        writer.writerows([sku, sku, "1.00", qty] for sku, qty in catalogue.items())
+    products = write_products(tmp_path / "products.csv", catalogue)
     cli(["stock", "load", str(products)], env)
 
     # Consumers first (small batches, so the two of each stage share the work), then the import
@@ -356,50 +188,21 @@ def test_five_thousand_orders_two_consumers_per_stage(pipeline: Pipeline, tmp_pa
     assert (ingested["imported"], ingested["rejected"], ingested["duplicates"]) == (total, 0, 0)
     pipeline.wait_drained(90)
 
-    orders = export(env)
-    status = status_json(env)
-    # INV-T: every imported order is in exactly one terminal state, counted the same everywhere.
-    assert len(orders) == total
+    # INV-T, INV-P, INV-S, INV-E and one notification per (order, type): the shared audit.
+    expected = set(order_ids_in(orders_csv))
+    assert len(expected) == total
+    orders = assert_pipeline_invariants(env, expected, catalogue, seed=seed, success_rate=0.8)
     states = Counter(order["state"] for order in orders.values())
-    assert set(states) <= set(TERMINAL), states
-    counted = {state: n for state, n in status["orders"].items() if state != "total" and n}
-    assert counted == dict(states)
-    assert status["orders"]["total"] == total
     assert states["completed"] > 0 and states["failed"] > 0 and states["rolled_back"] > 0, states
-    assert states["dead_lettered"] == 0
-    assert status["dead_letters"] == 0
     for order in orders.values():
-        assert order["history"].startswith("pending@")
         assert order["history"].count(order["state"] + "@") == 1, order
-
-    # INV-P: from the gateway's own charge counter; and the seeded gateway decided every payment.
-    for order_id, order in orders.items():
-        expected = 1 if order["state"] == "completed" else 0
-        assert order["charges"] == expected, order
-        if order["state"] in ("completed", "rolled_back"):
-            approved = simulated_outcome(seed, f"pay:{order_id}", 0.8)
-            assert approved == (order["state"] == "completed"), order_id
-        if order["state"] == "failed":
-            assert order["payment"] in LOW_STOCK_FAILURES, order
-
-    # INV-S per SKU.
-    sold: Counter[str] = Counter()
-    for order in orders.values():
-        if order["state"] == "completed":
-            for line in order["lines"]:
-                sold[line["sku"]] += line["quantity"]
-    stock = stock_show(env)
-    assert set(stock) == set(catalogue)
-    for sku, row in stock.items():
-        assert row["initial"] == catalogue[sku]
-        assert row["initial"] == row["available"] + row["reserved"] + row["committed"], row
-        assert row["reserved"] == 0, row
-        assert row["available"] >= 0, row
-        assert row["committed"] == sold[sku], row
-    assert status["stock"]["SKU-G00"]["committed"] == sold["SKU-G00"]
-
-    # INV-E: no group has anything pending or unread.
-    for stage, info in status["stages"].items():
-        assert (info["pending"], info["lag"]) == (0, 0), (stage, info)
+    sold_g00 = sum(
+        line["quantity"]
+        for order in orders.values()
+        if order["state"] == "completed"
+        for line in order["lines"]
+        if line["sku"] == "SKU-G00"
+    )
+    assert status_json(env)["stock"]["SKU-G00"]["committed"] == sold_g00
 
     assert_one_notification_per_order(env, orders)
