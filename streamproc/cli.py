@@ -384,12 +384,25 @@ def server_status(env: Env) -> None:
 @pass_env
 @handle_errors
 def api(env: Env, host: str, port: int, workers: int) -> None:
-    """Serve the HTTP API with uvicorn."""
+    """Serve the HTTP API with uvicorn (uvloop, httptools); logs one line per request."""
     import uvicorn
 
     os.environ["STREAMPROC_REDIS_URL"] = env.url  # workers re-read settings from the environment
+    # uvicorn re-raises the stop signal once it has shut down gracefully, so the handler in
+    # place then decides the exit status: a clean stop exits 0, not "killed by SIGTERM".
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     uvicorn.run(
-        "api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info"
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,  # the app logs each request with its request id instead
+        server_header=False,
+        log_level=os.environ.get("STREAMPROC_LOG_LEVEL", "info").lower(),
     )
 
 
@@ -444,10 +457,14 @@ def dlq_retry(env: Env, ids: tuple[str, ...], all_: bool, stage: str | None) -> 
     """Send dead letters back to their stage with a fresh delivery budget."""
     from streamproc.deadletters import retry
 
-    retried, missing = retry(env.client(), env.keys, _chosen_ids(env, ids, all_, stage))
-    click.echo(f"retried {retried}")
-    if missing:
-        fail(f"not found: {', '.join(missing)}", 1)
+    outcomes = retry(env.client(), env.keys, _chosen_ids(env, ids, all_, stage))
+    click.echo(f"retried {sum(o.outcome == 'retried' for o in outcomes)}")
+    moved = [f"{o.id} (order is {o.order_state})" for o in outcomes if o.outcome == "conflict"]
+    missing = [o.id for o in outcomes if o.outcome == "missing"]
+    problems = [f"order moved on, not retried: {', '.join(moved)}"] if moved else []
+    problems += [f"not found: {', '.join(missing)}"] if missing else []
+    if problems:
+        fail("; ".join(problems), 1)
 
 
 @dlq.command("purge")

@@ -58,6 +58,7 @@ def async_client(
     client_name: str | None = None,
     socket_timeout_s: float | None = SOCKET_TIMEOUT_S,
     retries: int = RETRIES,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> redis.asyncio.Redis:
     """An asyncio client (bytes replies) whose pool waits for a free connection, never fails."""
     # A plain pool raises "Too many connections" under a burst; the blocking pool queues instead.
@@ -66,7 +67,7 @@ def async_client(
         max_connections=max_connections,
         timeout=None,
         decode_responses=False,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_connect_timeout=connect_timeout_s,
         socket_timeout=socket_timeout_s,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         retry=redis.asyncio.retry.Retry(

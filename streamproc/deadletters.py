@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
 import redis
+import redis.asyncio as aredis
 
+from streamproc.clock import now_ms
 from streamproc.errors import ConfigError
 from streamproc.keys import STAGES, Keys
-from streamproc.lua import SyncScripts
+from streamproc.lua import AsyncScripts, SyncScripts
 from streamproc.replies import text
 
 
@@ -59,36 +60,88 @@ def iter_dead_letters(
         start = "(" + text(entries[-1][0])
 
 
-def retry(client: redis.Redis, keys: Keys, ids: Sequence[str]) -> tuple[int, list[str]]:
-    """Re-drive dead letters; returns (retried, ids not found)."""
+class RetryOutcome(msgspec.Struct):
+    """What a retry of one dead letter did."""
+
+    id: str
+    outcome: str  # retried | missing | conflict
+    new_id: str = ""  # the stage entry it became (retried)
+    order_state: str = ""  # the order's state now (conflict)
+
+
+def _retry_call(keys: Keys, letter: DeadLetter) -> tuple[list[str], list[Any]]:
+    if letter.stage not in STAGES:
+        raise ConfigError(f"dead letter {letter.id} names unknown stage {letter.stage!r}")
+    script_keys = [
+        keys.dead_letters,
+        keys.state_counts,
+        keys.order(letter.order_id),
+        keys.stream(letter.stage),
+    ]
+    return script_keys, [letter.id, letter.stage, now_ms()]
+
+
+def _outcome(dead_id: str, reply: Any) -> RetryOutcome:
+    answer = text(reply) if reply else ""
+    if not answer:
+        return RetryOutcome(dead_id, "missing")
+    if answer.startswith("conflict:"):
+        return RetryOutcome(dead_id, "conflict", order_state=answer.partition(":")[2])
+    return RetryOutcome(dead_id, "retried", new_id=answer)
+
+
+def _entry_or_none(entries: Any) -> DeadLetter | None:
+    return _parse(entries[0][0], entries[0][1]) if entries else None
+
+
+def retry(client: redis.Redis, keys: Keys, ids: Sequence[str]) -> list[RetryOutcome]:
+    """Re-drive dead letters, one outcome per id."""
     scripts = SyncScripts.register(client)
-    retried, missing = 0, []
+    outcomes = []
     for dead_id in ids:
         try:
-            found = client.xrange(keys.dead_letters, min=dead_id, max=dead_id)
+            letter = _entry_or_none(client.xrange(keys.dead_letters, min=dead_id, max=dead_id))
         except redis.ResponseError:  # not a stream id at all: not found, like `purge` says
-            found = []
-        if not found:
-            missing.append(dead_id)
+            letter = None
+        if letter is None:
+            outcomes.append(RetryOutcome(dead_id, "missing"))
             continue
-        letter = _parse(found[0][0], found[0][1])
-        if letter.stage not in STAGES:
-            raise ConfigError(f"dead letter {dead_id} names unknown stage {letter.stage!r}")
-        new_id = scripts.run(
-            "dlq_retry",
-            [
-                keys.dead_letters,
-                keys.state_counts,
-                keys.order(letter.order_id),
-                keys.stream(letter.stage),
-            ],
-            [dead_id, letter.stage, int(time.time() * 1000)],
-        )
-        if new_id:
-            retried += 1
-        else:
-            missing.append(dead_id)
-    return retried, missing
+        script_keys, args = _retry_call(keys, letter)
+        outcomes.append(_outcome(dead_id, scripts.run("dlq_retry", script_keys, args)))
+    return outcomes
+
+
+async def retry_one(
+    client: aredis.Redis, scripts: AsyncScripts, keys: Keys, dead_id: str
+) -> RetryOutcome:
+    """Re-drive one dead letter (`dead_id` must be a valid stream id)."""
+    letter = _entry_or_none(await client.xrange(keys.dead_letters, min=dead_id, max=dead_id))
+    if letter is None:
+        return RetryOutcome(dead_id, "missing")
+    script_keys, args = _retry_call(keys, letter)
+    return _outcome(dead_id, await scripts.run("dlq_retry", script_keys, args))
+
+
+async def page_dead_letters(
+    client: aredis.Redis, keys: Keys, after: str | None, limit: int, stage: str | None = None
+) -> tuple[list[DeadLetter], str | None]:
+    """Up to `limit` dead letters after id `after`, oldest first, and the next page's cursor."""
+    start = "-" if after is None else "(" + after
+    found: list[DeadLetter] = []
+    while len(found) < limit:
+        entries = await client.xrange(keys.dead_letters, min=start, max="+", count=limit + 1)
+        if not entries:
+            return found, None
+        for entry_id, fields in entries:
+            letter = _parse(entry_id, fields)
+            if stage is None or letter.stage == stage:
+                if len(found) == limit:
+                    return found, found[-1].id
+                found.append(letter)
+        start = "(" + text(entries[-1][0])
+    # Exactly `limit` found; whether more follow is only known by looking.
+    more = await client.xrange(keys.dead_letters, min=start, max="+", count=1)
+    return found, (found[-1].id if more else None)
 
 
 def purge(client: redis.Redis, keys: Keys, ids: Sequence[str]) -> int:

@@ -13,6 +13,7 @@ from typing import IO, Any
 import msgspec
 import redis
 
+from streamproc.clock import now_ms, utc_day
 from streamproc.csvinput import STDIN_PATH, open_orders_file
 from streamproc.csvreader import OrderReader, ParsedOrder, RejectedRow
 from streamproc.errors import InputFileError
@@ -124,8 +125,9 @@ class _Batcher:
     def flush(self) -> None:
         if not self.pending:
             return
-        keys = [self.keys.stream("reserve"), self.keys.state_counts]
-        args: list[Any] = [int(time.time() * 1000), self.force, len(self.pending)]
+        now = now_ms()
+        keys = [self.keys.stream("reserve"), self.keys.state_counts, self.keys.day(utc_day(now))]
+        args: list[Any] = [now, self.force, len(self.pending)]
         for parsed in self.pending:
             keys.append(self.keys.order(parsed.order.order_id))
             args += [parsed.order.order_id, encode_order(parsed.order)]

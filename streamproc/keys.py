@@ -53,6 +53,10 @@ class Keys:
         """Hash state → number of orders in it, kept by the scripts (O(1) status)."""
         return f"{self._pipe}:counts"
 
+    def day(self, day: str) -> str:
+        """Hash of one UTC day's counters (orders in, terminal states, revenue per currency)."""
+        return f"{self._pipe}:day:{day}"
+
     @property
     def dead_letters(self) -> str:
         """The dead-letter stream."""

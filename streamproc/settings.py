@@ -61,6 +61,10 @@ class Settings:
     batch_size: int = 200
     block_ms: int = 1_000
     notifications_log: Path | None = None
+    # Bearer token for the API's write endpoints; None keeps them disabled. Never printed.
+    api_token: str | None = field(default=None, repr=False)
+    api_max_body_bytes: int = 65_536
+    api_redis_deadline_ms: int = 800
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +97,9 @@ class Settings:
             batch_size=_int(env, "STREAMPROC_BATCH_SIZE", 200, 1, 10_000),
             block_ms=_int(env, "STREAMPROC_BLOCK_MS", 1_000, 1, 60_000),
             notifications_log=Path(log) if log else None,
+            api_token=env.get("STREAMPROC_API_TOKEN", "").strip() or None,
+            api_max_body_bytes=_int(env, "STREAMPROC_API_MAX_BODY_BYTES", 65_536, 1, 64 << 20),
+            api_redis_deadline_ms=_int(env, "STREAMPROC_API_REDIS_DEADLINE_MS", 800, 50, 60_000),
         )
 
     @property

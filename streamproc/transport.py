@@ -7,7 +7,6 @@ decisions through commit.lua (transition + next XADD + XACK in one atomic step).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +16,11 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
+from streamproc.clock import now_ms, utc_day
 from streamproc.errors import ServerError
 from streamproc.keys import STAGES, Keys
 from streamproc.lua import AsyncScripts
-from streamproc.models import Order, decode_order, encode_order
+from streamproc.models import COMPLETED, Order, decode_order, encode_order
 from streamproc.replies import id_key, text
 from streamproc.workflow import TRANSITIONS, outputs_of
 
@@ -166,6 +166,8 @@ class StageStream:
             self.keys.order(message.order_id),
             self.keys.stream("notify"),
         ]
+        now = now_ms()
+        keys.append(self.keys.day(utc_day(now)))
         payload = b"" if message.order is None else encode_order(message.order)
         args = [
             self.group,
@@ -176,7 +178,7 @@ class StageStream:
             message.order_id,
             message.attempt,
             payload,
-            int(time.time() * 1000),
+            now,
             message.state,
         ]
         try:
@@ -244,8 +246,14 @@ class StageStream:
         """Apply transitions, enqueue next stages and ack, in one atomic script call."""
         if not decisions:
             return []
-        keys = [self.stream, self.keys.state_counts, *self._output_keys]
-        args: list[Any] = [self.group, self.stage, int(time.time() * 1000), len(decisions)]
+        now = now_ms()
+        keys = [
+            self.stream,
+            self.keys.state_counts,
+            *self._output_keys,
+            self.keys.day(utc_day(now)),
+        ]
+        args: list[Any] = [self.group, self.stage, now, len(decisions)]
         for d in decisions:
             transition = TRANSITIONS[(self.stage, d.outcome)]
             outputs = "".join(str(self._outputs.index(s) + 1) for s in transition.outputs)
@@ -259,6 +267,7 @@ class StageStream:
                 transition.next_stage,
                 outputs,
                 d.note,
+                _revenue(msg) if transition.to_state == COMPLETED else "",
             ]
         try:
             result = await self.scripts.run("commit", keys, args)
@@ -284,6 +293,12 @@ class StageStream:
                 retrycount=max(0, message.deliveries - 1),
                 justid=True,
             )
+
+
+def _revenue(message: Message) -> str:
+    """`<currency>:<cents>` of a completed order, for the day's revenue counter."""
+    order = message.order
+    return f"{order.currency}:{order.total_cents}" if order is not None else ""
 
 
 def _messages(reply: Any) -> list[Message]:

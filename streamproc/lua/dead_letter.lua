@@ -3,7 +3,7 @@
 -- its state before is kept in the dead letter (field prev) so `dlq retry` can restore it, and it
 -- is enqueued for notify like any terminal order.
 -- KEYS[1] source stream  KEYS[2] dead-letter stream  KEYS[3] state counts  KEYS[4] order hash
--- KEYS[5] notify stream
+-- KEYS[5] notify stream  KEYS[6] today's counters hash
 -- ARGV[1] group  ARGV[2] msg id  ARGV[3] stage  ARGV[4] deliveries  ARGV[5] last error
 -- ARGV[6] order id  ARGV[7] attempt  ARGV[8] payload ("" when unusable)  ARGV[9] now (ms)
 -- ARGV[10] the state the message carried (kept so a retry re-sends it unchanged)
@@ -23,6 +23,8 @@ if oid ~= "" then
     redis.call("HINCRBY", KEYS[3], prev, -1)
     redis.call("HINCRBY", KEYS[3], "dead_lettered", 1)
     redis.call("XADD", KEYS[5], "*", "o", oid, "a", attempt, "s", "dead_lettered", "d", payload)
+    redis.call("HINCRBY", KEYS[6], "dead_lettered", 1)
+    redis.call("EXPIRE", KEYS[6], 691200, "NX")
   end
 end
 local id = redis.call("XADD", KEYS[2], "*", "stage", stage, "id", msg, "deliveries", deliveries,

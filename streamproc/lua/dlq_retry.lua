@@ -3,7 +3,8 @@
 -- stage again; the dead letter is removed in the same step.
 -- KEYS[1] dead-letter stream  KEYS[2] state counts  KEYS[3] order hash  KEYS[4] stage stream
 -- ARGV[1] dead-letter id  ARGV[2] stage (as read by the caller)  ARGV[3] now (ms)
--- Returns the new stage entry id, or false when the dead letter is gone or names another stage.
+-- Returns the new stage entry id; false when the dead letter is gone or names another stage;
+-- "conflict:<state>" (and changes nothing) when its order has moved on since, e.g. re-submitted.
 local entries = redis.call("XRANGE", KEYS[1], ARGV[1], ARGV[1])
 if #entries == 0 then
   return false
@@ -21,13 +22,14 @@ if state == "" then
   state = f["s"] or ""
 elseif f["o"] ~= "" then
   local cur = redis.call("HMGET", KEYS[3], "s", "a", "h")
-  if cur[1] == "dead_lettered" and cur[2] == f["a"] then
-    redis.call("HSET", KEYS[3], "s", state, "k", f["stage"], "u", ARGV[3],
-      "h", (cur[3] or "") .. ";" .. state .. "@" .. ARGV[3])
-    redis.call("HDEL", KEYS[3], "e")
-    redis.call("HINCRBY", KEYS[2], "dead_lettered", -1)
-    redis.call("HINCRBY", KEYS[2], state, 1)
+  if cur[1] ~= "dead_lettered" or cur[2] ~= f["a"] then
+    return "conflict:" .. (cur[1] or "missing")
   end
+  redis.call("HSET", KEYS[3], "s", state, "k", f["stage"], "u", ARGV[3],
+    "h", (cur[3] or "") .. ";" .. state .. "@" .. ARGV[3])
+  redis.call("HDEL", KEYS[3], "e")
+  redis.call("HINCRBY", KEYS[2], "dead_lettered", -1)
+  redis.call("HINCRBY", KEYS[2], state, 1)
 end
 local id = redis.call("XADD", KEYS[4], "*", "o", f["o"], "a", f["a"], "s", state, "d", f["d"])
 redis.call("XDEL", KEYS[1], ARGV[1])

@@ -1,0 +1,103 @@
+"""Pure ASGI middleware: request ids, access logs, the body-size limit and the last-resort 500."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import PayloadTooLarge
+from api.responses import failure
+
+log = logging.getLogger("streamproc.api")
+
+REQUEST_ID_HEADER = "x-request-id"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestContext:
+    """Gives every request an id, logs it once answered, and turns a crash into a clean 500."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run one request (HTTP only; lifespan passes through)."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        if _declared_length(scope) > self.max_body_bytes:
+            response = failure(413, _too_large(self.max_body_bytes))
+            await response(scope, receive, send_with_id)
+        else:
+            try:
+                await self.app(scope, self._limited(receive), send_with_id)
+            except Exception:
+                # The traceback goes to the log under the request id, never to the client.
+                log.exception(
+                    "request %s failed: %s %s", request_id, scope["method"], scope["path"]
+                )
+                if not response_started:
+                    response = failure(500, "Internal server error.", request_id=request_id)
+                    await response(scope, receive, send_with_id)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        log.info(
+            "%s %s %s %.1fms id=%s", scope["method"], scope["path"], status, elapsed_ms, request_id
+        )
+
+    def _limited(self, receive: Receive) -> Receive:
+        """A receive that stops a chunked body once it passes the limit."""
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise PayloadTooLarge(_too_large(self.max_body_bytes))
+            return message
+
+        return limited
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body is larger than {limit} bytes."
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            given: str = value.decode("latin-1")
+            if _SAFE_REQUEST_ID.match(given):
+                return given
+    return uuid.uuid4().hex[:16]
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0

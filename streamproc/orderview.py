@@ -1,0 +1,91 @@
+"""One order as stored: its state, payload, payment record and timeline, read in one round trip."""
+
+from __future__ import annotations
+
+import msgspec
+import redis.asyncio
+
+from streamproc.gateway import idempotency_key
+from streamproc.keys import Keys
+from streamproc.models import Order, decode_order
+from streamproc.replies import text
+
+
+class TimelineStep(msgspec.Struct):
+    """The order entered `state` at `at_ms`."""
+
+    state: str
+    at_ms: int
+
+
+class PaymentRecord(msgspec.Struct):
+    """The gateway ledger's first result for the order's current attempt, and charges applied."""
+
+    outcome: str  # ok | declined | "" when the gateway was never called
+    amount_cents: int
+    currency: str
+    recorded_ms: int
+    charges: int
+
+
+class StoredOrder(msgspec.Struct):
+    """Everything stored about one order."""
+
+    order: Order
+    state: str
+    attempt: int
+    next_stage: str
+    note: str
+    error: str
+    created_ms: int
+    updated_ms: int
+    timeline: list[TimelineStep]
+    payment: PaymentRecord
+
+
+def parse_timeline(raw: str) -> list[TimelineStep]:
+    """`state@ms;state@ms` → steps, oldest first."""
+    steps = []
+    for part in raw.split(";"):
+        state, _, ms = part.partition("@")
+        if state and ms.isdigit():
+            steps.append(TimelineStep(state, int(ms)))
+    return steps
+
+
+def _payment(record: bytes | None, charges: bytes | None) -> PaymentRecord:
+    if not record:
+        return PaymentRecord("", 0, "", 0, int(charges or 0))
+    outcome, amount, currency, ms = text(record).split(":")
+    return PaymentRecord(outcome, int(amount), currency, int(ms), int(charges or 0))
+
+
+async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> StoredOrder | None:
+    """The stored order, or None when there is no such order."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hmget(keys.order(order_id), ["s", "a", "k", "d", "p", "e", "c", "u", "h"])
+    pipe.hmget(keys.gateway_ledger, [idempotency_key(order_id, 1)])
+    pipe.hget(keys.gateway_charges, order_id)
+    (
+        (state, attempt_raw, stage, payload, note, error, created, updated, history),
+        ledger,
+        charges,
+    ) = await pipe.execute()
+    if state is None or payload is None:
+        return None
+    attempt = int(attempt_raw or 1)
+    record = ledger[0]
+    if attempt > 1:  # re-submitted orders are charged under an attempt-suffixed key
+        record = await client.hget(keys.gateway_ledger, idempotency_key(order_id, attempt))
+    return StoredOrder(
+        order=decode_order(payload),
+        state=text(state),
+        attempt=attempt,
+        next_stage=text(stage),
+        note=text(note),
+        error=text(error),
+        created_ms=int(created or 0),
+        updated_ms=int(updated or 0),
+        timeline=parse_timeline(text(history)),
+        payment=_payment(record, charges),
+    )

@@ -1,0 +1,65 @@
+"""A live `streamproc api` (uvicorn) process for tests, on a free loopback port."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import free_port, spawn_cli, stop_procs
+
+TOKEN = "test-token-0123456789abcdef"
+READY_TIMEOUT_S = 20.0
+
+
+class LiveApi:
+    """One API server process; `client` talks to it over real HTTP."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, token: str | None = TOKEN) -> None:
+        self.env = dict(env)
+        if token is None:
+            self.env.pop("STREAMPROC_API_TOKEN", None)
+        else:
+            self.env["STREAMPROC_API_TOKEN"] = token
+        self.token = token
+        self.log_path = log_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client = httpx.Client(base_url=self.url, timeout=10.0)
+
+    def start(self) -> LiveApi:
+        """Spawn the server and wait until it answers."""
+        self.proc = spawn_cli(
+            ["api", "--host", "127.0.0.1", "--port", str(self.port)],
+            self.env,
+            log_path=self.log_path,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"api exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.client.get("/openapi.json").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"api did not become ready:\n{self.log()}")
+
+    def auth(self) -> dict[str, str]:
+        """The Authorization header carrying the configured token."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def log(self) -> str:
+        """What the server printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        """SIGTERM (uvicorn runs the lifespan shutdown); the exit code."""
+        self.client.close()
+        if self.proc is None:
+            return 0
+        return stop_procs([self.proc])[0]
