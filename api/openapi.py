@@ -21,7 +21,7 @@ _REASONS = {
     409: "Conflict with the resource's current state",
     413: "Request body too large",
     422: "Invalid input; `errors` has messages per field",
-    503: "Redis unavailable",
+    503: "Redis unavailable (health: unhealthy, with the report as `data`)",
 }
 
 

@@ -7,7 +7,7 @@ from api.handlers import deadletters, orders, streams, system
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/api/health", system.health, "Health of Redis, groups and lag",
-             system.Health, uses_redis=False),
+             system.Health, uses_redis=False, errors=(503,)),
     Endpoint("GET", "/api/stats", system.stats, "Order counts and today's figures",
              system.Stats, query=system.StatsQuery),
     Endpoint("GET", "/api/orders/{order_id}", orders.get_order, "One order with its timeline",

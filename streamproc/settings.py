@@ -64,7 +64,7 @@ class Settings:
     # Bearer token for the API's write endpoints; None keeps them disabled. Never printed.
     api_token: str | None = field(default=None, repr=False)
     api_max_body_bytes: int = 65_536
-    api_redis_deadline_ms: int = 800
+    api_redis_deadline_ms: int = 500
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -99,7 +99,7 @@ class Settings:
             notifications_log=Path(log) if log else None,
             api_token=env.get("STREAMPROC_API_TOKEN", "").strip() or None,
             api_max_body_bytes=_int(env, "STREAMPROC_API_MAX_BODY_BYTES", 65_536, 1, 64 << 20),
-            api_redis_deadline_ms=_int(env, "STREAMPROC_API_REDIS_DEADLINE_MS", 800, 50, 60_000),
+            api_redis_deadline_ms=_int(env, "STREAMPROC_API_REDIS_DEADLINE_MS", 500, 50, 60_000),
         )
 
     @property

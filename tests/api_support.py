@@ -10,7 +10,7 @@ import httpx
 
 from tests.helpers import free_port, spawn_cli, stop_procs
 
-TOKEN = "test-token-0123456789abcdef"
+TOKEN = "test-token-0123456789abcdef"  # noqa: S105 - a test-only credential
 READY_TIMEOUT_S = 20.0
 
 
