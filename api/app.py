@@ -86,10 +86,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = [ep.route() for ep in ENDPOINTS]
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False))
-    return Starlette(
+    app = Starlette(
         debug=False,
         routes=routes,
         middleware=[Middleware(RequestContext, max_body_bytes=settings.api_max_body_bytes)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
+    # A redirect has no JSON body; an API client is better served by a plain enveloped 404.
+    app.router.redirect_slashes = False
+    return app

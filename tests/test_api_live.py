@@ -557,7 +557,8 @@ def test_validation_routing_auth_and_body_limits(
 
     # 404: unknown ids and unknown routes.
     assert error(client.get("/api/orders/NOPE"), 404)["message"] == "Order NOPE not found."
-    for path in ("/api/nope", "/nope", "/api/orders", "/api/dlq/1-1"):
+    # A trailing slash is a plain 404 too, never a redirect without a JSON body.
+    for path in ("/api/nope", "/nope", "/api/orders", "/api/dlq/1-1", "/api/stats/"):
         assert error(client.get(path), 404)["message"] == "Not found.", path
     error(client.post("/api/dlq/1-1/retry", headers=api.auth()), 404)
 
