@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +18,9 @@ log = logging.getLogger("streamproc.api")
 
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Ids unique across processes and restarts without a uuid per request: random prefix + counter.
+_ID_PREFIX = secrets.token_hex(4) + "-"
+_request_numbers = itertools.count(1)
 
 
 class RequestContext:
@@ -90,7 +94,7 @@ def _request_id(scope: Scope) -> str:
             given: str = value.decode("latin-1")
             if _SAFE_REQUEST_ID.match(given):
                 return given
-    return uuid.uuid4().hex[:16]
+    return f"{_ID_PREFIX}{next(_request_numbers):x}"
 
 
 def _declared_length(scope: Scope) -> int:

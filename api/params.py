@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
@@ -72,20 +73,33 @@ def value_type(tp: Any) -> Any:
     return tp
 
 
+class _Field(typing.NamedTuple):
+    name: str
+    value_type: Any
+    required: bool
+
+
+@functools.cache
+def _fields(struct: type[msgspec.Struct]) -> tuple[_Field, ...]:
+    # msgspec.structs.fields() resolves annotations on every call: far too slow per request.
+    return tuple(
+        _Field(f.encode_name, value_type(f.type), f.required)
+        for f in msgspec.structs.fields(struct)
+    )
+
+
 def parse_values(values: Mapping[str, Any], struct: type[S]) -> S:
     """Build `struct` from string values (path or query), one message per bad field."""
     errors: dict[str, list[str]] = {}
     converted: dict[str, Any] = {}
-    for field in msgspec.structs.fields(struct):
-        name = field.encode_name
+    for name, tp, required in _fields(struct):
         if name not in values:
-            if field.required:
+            if required:
                 errors.setdefault(name, []).append("is required")
             continue
         if isinstance(values, ImmutableMultiDict) and len(values.getlist(name)) > 1:
             errors.setdefault(name, []).append("must be given once")
             continue
-        tp = value_type(field.type)
         try:
             converted[name] = msgspec.convert(values[name], tp, strict=False)
         except msgspec.ValidationError as exc:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import IO
 
 import msgspec
 import redis
 
+from streamproc.clock import iso_ms
 from streamproc.keys import Keys
 from streamproc.models import decode_order
 from streamproc.money import format_cents
@@ -52,9 +52,7 @@ COLUMNS = tuple(ExportedOrder.__struct_fields__)
 
 
 def _iso(ms: bytes | None) -> str:
-    if not ms:
-        return ""
-    return datetime.fromtimestamp(int(ms) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return iso_ms(int(ms)) if ms else ""
 
 
 def _history(raw: bytes | None) -> str:
