@@ -173,14 +173,20 @@ def _check_utf8(reader: _Readable | gzip.GzipFile, name: str) -> bool:
         final = not chunk
         # Bytes of a split multi-byte character wait in the decoder; an error points into them.
         pending = len(decoder.getstate()[0])
-        try:
-            text = decoder.decode(chunk, final)
-        except UnicodeDecodeError as exc:
-            bad_offset = offset - pending + exc.start
-            line = newlines + exc.object[: exc.start].count(b"\n") + 1
-            raise InputFileError(
-                f"{name}: not UTF-8 at line {line} (byte offset {bad_offset})"
-            ) from None
+        if pending or not chunk.isascii():
+            try:
+                text = decoder.decode(chunk, final)
+            except UnicodeDecodeError as exc:
+                bad_offset = offset - pending + exc.start
+                line = newlines + exc.object[: exc.start].count(b"\n") + 1
+                raise InputFileError(
+                    f"{name}: not UTF-8 at line {line} (byte offset {bad_offset})"
+                ) from None
+        elif has_content:
+            # ASCII is UTF-8 as it stands: a C scan of the bytes proves it, no text is built.
+            text = ""
+        else:
+            text = chunk.decode("ascii")
         if first and text:
             first = False
             has_bom = text.startswith("\ufeff")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import TextIO, TypeVar
 
+import msgspec
+
 from streamproc.errors import InputFileError
 from streamproc.models import Line, Order
 
@@ -44,14 +46,17 @@ _ISO_RE = re.compile(
 )
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 _T = TypeVar("_T")
+_K = TypeVar("_K")
 _ID_RULE = "must be 1-64 characters of A-Z a-z 0-9 . _ -"
 _TEXT_RULE = "longer than 200 characters"
 _DATE_RULE = "must be YYYY-MM-DD HH:MM:SS, YYYY-MM-DD or ISO 8601 with an offset"
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedOrder:
+class ParsedOrder(msgspec.Struct, frozen=True, gc=False):
     """A valid order, the line its first row starts on, and how many rows it spans."""
+
+    # A msgspec struct, not a dataclass: one is built per order, and this one is built in C.
+    # gc=False: it only ever points at an Order, never into a cycle, so the collector can skip it.
 
     order: Order
     line: int
@@ -92,7 +97,7 @@ class OrderReader:
         self.unknown_columns: list[str] = []
         columns = self._index_columns(header)
         self._id_index = columns["order_id"]
-        self._parse = _row_parser(columns, default_currency.strip().upper())
+        self._parse = _row_parser(columns, len(header), default_currency.strip().upper())
 
     def _index_columns(self, header: list[str]) -> dict[str, int]:
         names = [cell.strip().lower().lstrip("\ufeff") for cell in header]
@@ -117,38 +122,56 @@ class OrderReader:
 
     def __iter__(self) -> Iterator[ParsedOrder | RejectedRow]:
         """Yield each order (all its rows valid and agreeing) or each rejected row."""
-        reader, parse, width, id_index = self._csv, self._parse, len(self.header), self._id_index
+        reader, parse, id_index = self._csv, self._parse, self._id_index
         group: list[_Entry] = []  # rows of the current order, at most MAX_LINES_PER_ORDER
         group_id = ""
         overflow_id: str | None = None  # an order past the cap: its later rows are rejected
         line_end = reader.line_num
+        rows = self.rows  # counted here, published to self.rows before each yield
         while True:
             try:
                 for row in reader:
-                    line, line_end = line_end + 1, reader.line_num
+                    line = line_end + 1
+                    line_end = reader.line_num
                     order_id = row[id_index].strip() if id_index < len(row) else ""
                     if not order_id and not "".join(row).strip():
                         continue  # blank lines carry nothing, not even an order boundary
-                    self.rows += 1
+                    rows += 1
                     fields: _Fields | None = None
                     reason = ""
-                    if len(row) != width:
-                        reason = f"expected {width} columns, got {len(row)}"
-                    else:
-                        try:
-                            fields = parse(row, order_id)
-                        except _Reject as exc:
-                            reason = str(exc)
+                    try:
+                        fields = parse(row, order_id)
+                    except _Reject as exc:
+                        reason = str(exc)
                     if order_id == overflow_id:
+                        self.rows = rows
                         yield RejectedRow(line, row, _too_long(order_id))
                         continue
                     overflow_id = None
                     if order_id != group_id or not order_id:
-                        if group:
+                        self.rows = rows
+                        # Most orders are one valid row: build those here, without _finish.
+                        if len(group) == 1 and (first := group[0][2]) is not None:
+                            yield ParsedOrder(
+                                Order(
+                                    group_id,
+                                    first[0],
+                                    first[1],
+                                    first[2],
+                                    first[3],
+                                    [first[5]],
+                                    first[4],
+                                ),
+                                group[0][0],
+                                1,
+                            )
+                        elif group:
                             yield from _finish(group_id, group)
-                        group, group_id = [], order_id
-                    elif len(group) == MAX_LINES_PER_ORDER:
+                        group, group_id = [(line, row, fields, reason)], order_id
+                        continue
+                    if len(group) == MAX_LINES_PER_ORDER:
                         group.append((line, row, None, ""))
+                        self.rows = rows
                         yield from _finish(order_id, group, _too_long(order_id))
                         group, group_id, overflow_id = [], "", order_id
                         continue
@@ -157,10 +180,11 @@ class OrderReader:
                 # An over-long field spoils one record; it may belong to the current order, so it
                 # joins (and sinks) that order rather than let a partial order through.
                 line, line_end = line_end + 1, reader.line_num
-                self.rows += 1
+                rows += 1
                 group.append((line, [], None, f"unreadable CSV record: {exc}"))
                 continue
             break
+        self.rows = rows
         if group:
             yield from _finish(group_id, group)
 
@@ -202,7 +226,9 @@ def _show(value: str) -> str:
     return repr(value if len(value) <= 40 else value[:40] + "…")
 
 
-def _row_parser(cols: dict[str, int], default_currency: str) -> Callable[[list[str], str], _Fields]:
+def _row_parser(
+    cols: dict[str, int], width: int, default_currency: str
+) -> Callable[[list[str], str], _Fields]:
     """Build the per-row validator with every column index bound once, for speed."""
     i_customer, i_name, i_sku = cols["customer_id"], cols["customer_name"], cols["product_sku"]
     i_quantity, i_price, i_date = cols["quantity"], cols["unit_price"], cols["order_date"]
@@ -212,6 +238,9 @@ def _row_parser(cols: dict[str, int], default_currency: str) -> Callable[[list[s
     id_ok, date_ok = _ID_RE.fullmatch, _SAFE_DAY_TIME_RE.fullmatch
     # Files repeat customers, SKUs, prices...: each raw cell is checked once, then looked up. Raw
     # (unstripped) keys spare the strip() on a hit; a spelling with spaces is simply another key.
+    # A whole line (SKU, product, quantity, price) is one lookup, and equal lines share one
+    # immutable Line; a miss falls back to the per-cell caches.
+    lines: dict[tuple[str, str, str, str], Line] = {}
     customer_ids: dict[str, int] = {}
     skus: dict[str, str] = {}
     quantities: dict[str, int] = {}
@@ -219,7 +248,22 @@ def _row_parser(cols: dict[str, int], default_currency: str) -> Callable[[list[s
     currencies: dict[str, str] = {"": default_currency}
     emails: dict[str, str] = {"": ""}
 
+    def new_line(key: tuple[str, str, str, str]) -> Line:
+        raw_sku, raw_product, raw_quantity, raw_price = key
+        if (sku := skus.get(raw_sku)) is None:
+            sku = _remember(skus, raw_sku, _sku(raw_sku.strip()))
+        product = raw_product.strip()
+        if len(product) > 200:
+            raise _Reject(_reason("product_name", product, _TEXT_RULE))
+        if (quantity := quantities.get(raw_quantity)) is None:
+            quantity = _remember(quantities, raw_quantity, _quantity(raw_quantity.strip()))
+        if (price_cents := prices.get(raw_price)) is None:
+            price_cents = _remember(prices, raw_price, _cents(raw_price.strip()))
+        return _remember(lines, key, Line(sku, product, quantity, price_cents))
+
     def parse(row: list[str], order_id: str) -> _Fields:
+        if len(row) != width:
+            raise _Reject(f"expected {width} columns, got {len(row)}")
         if not id_ok(order_id):
             raise _Reject(_reason("order_id", order_id, _ID_RULE))
         raw = row[i_customer]
@@ -228,33 +272,24 @@ def _row_parser(cols: dict[str, int], default_currency: str) -> Callable[[list[s
         name = row[i_name].strip()
         if not name or len(name) > 200:
             raise _Reject(_reason("customer_name", name, _TEXT_RULE))
-        raw = row[i_sku]
-        if (sku := skus.get(raw)) is None:
-            sku = _remember(skus, raw, _sku(raw.strip()))
-        product = row[i_product].strip() if i_product >= 0 else ""
-        if len(product) > 200:
-            raise _Reject(_reason("product_name", product, _TEXT_RULE))
-        raw = row[i_quantity]
-        if (quantity := quantities.get(raw)) is None:
-            quantity = _remember(quantities, raw, _quantity(raw.strip()))
-        raw = row[i_price]
-        if (price_cents := prices.get(raw)) is None:
-            price_cents = _remember(prices, raw, _cents(raw.strip()))
+        key4 = (row[i_sku], row[i_product] if i_product >= 0 else "", row[i_quantity], row[i_price])
+        line = lines.get(key4) or new_line(key4)
         raw = row[i_currency] if i_currency >= 0 else ""
         if (currency := currencies.get(raw)) is None:
             currency = _remember(currencies, raw, _currency(raw.strip(), default_currency))
         raw = row[i_date]
         order_date = raw.replace(" ", "T") + "Z" if date_ok(raw) else _order_date(raw.strip())
-        raw = row[i_email] if i_email >= 0 else ""
+        if i_email < 0:
+            return (customer_id, name, currency, order_date, "", line)
+        raw = row[i_email]
         if (email := emails.get(raw)) is None:
             email = _remember(emails, raw, _email(raw.strip()))
-        line = Line(sku, product, quantity, price_cents)
         return (customer_id, name, currency, order_date, email, line)
 
     return parse
 
 
-def _remember(cache: dict[str, _T], key: str, value: _T) -> _T:
+def _remember(cache: dict[_K, _T], key: _K, value: _T) -> _T:
     if len(cache) < _CACHE_SIZE:
         cache[key] = value
     return value

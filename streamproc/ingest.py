@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import os
+import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn, Protocol, cast
 
+import hiredis
 import msgspec
 import redis
 
 from streamproc.clock import now_ms, utc_day
-from streamproc.csvinput import STDIN_PATH, open_orders_file
+from streamproc.csvinput import STDIN_PATH, InputFile, open_orders_file
 from streamproc.csvreader import OrderReader, ParsedOrder, RejectedRow
-from streamproc.errors import InputFileError
+from streamproc.errors import InputFileError, ServerError
 from streamproc.keys import Keys
-from streamproc.lua import SyncScripts
-from streamproc.models import encode_order
+from streamproc.lua import script_source
+from streamproc.models import order_encoder
 
 ProgressFn = Callable[[int], None]
 
@@ -53,6 +58,14 @@ class IngestResult(msgspec.Struct, kw_only=True):
         if self.rejects_file:
             text += f"; rejects in {self.rejects_file}"
         return text
+
+
+class IngestInterrupted(ServerError):
+    """The server failed partway through an import; `result` counts what was imported."""
+
+    def __init__(self, message: str, result: IngestResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 def default_rejects_path(path: str) -> Path:
@@ -106,37 +119,211 @@ class _RejectsWriter:
             self.handle.close()
 
 
-class _Batcher:
-    """Accumulates orders and sends them in one ingest.lua call per batch."""
+# Batches sent and not yet answered, at most: one running on the server and two queued behind it,
+# so the server never waits while this process parses the next batch, even when this process is
+# briefly descheduled (on a small machine it shares the CPUs with the server).
+_IN_FLIGHT = 3
 
-    def __init__(self, client: redis.Redis, keys: Keys, force: bool, batch_size: int) -> None:
-        self.scripts = SyncScripts.register(client)
-        self.keys = keys
-        self.force = "1" if force else "0"
-        self.batch_size = batch_size
-        self.pending: list[ParsedOrder] = []
+
+class _Connection(Protocol):
+    """What the pipeline uses of a redis-py connection (which leaves these methods untyped)."""
+
+    def send_packed_command(self, command: list[bytes], check_health: bool = True) -> None: ...
+
+    def send_command(self, *args: Any, check_health: bool = True) -> None: ...
+
+    def read_response(self) -> Any: ...
+
+    def disconnect(self) -> None: ...
+
+
+class _Stopped(Exception):
+    """The import stopped partway; the pipeline's `failure` says where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """Where an import stopped: the file line of the first order not known to be imported."""
+
+    line: int
+    reason: str
+    # Orders from `line` on whose fate is unknown (a lost connection, a script that aborted);
+    # 0 when the server said exactly what it did.
+    uncertain: int = 0
+
+
+class _Pipeline:
+    """Sends batches to ingest.lua on one connection, pipelined: the server runs batch N while the
+    caller parses batch N+1. Replies come back in order, so the counts stay exact."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, force: bool) -> None:
+        self._pool = client.connection_pool
+        self._conn: _Connection | None = None  # taken on the first batch
+        # EVAL, not EVALSHA: the server caches the script by its digest, and a NOSCRIPT (a restart,
+        # SCRIPT FLUSH) can never fail a batch whose successors are already on the wire.
+        self._script = script_source("ingest").encode()
+        self._keys = keys
+        self._stream, self._counts = keys.stream("reserve"), keys.state_counts
+        self._id_at = len(keys.order_prefix) + 1  # where the script finds the id in a key
+        # One per import, so a stopped import never stops another one running beside it.
+        self._stop_key = keys.ingest_stop_marker(secrets.token_hex(8))
+        self._force = "1" if force else "0"
+        self._in_flight: deque[list[int]] = deque()  # per batch sent: the line of each order
         self.imported = self.duplicates = self.resubmitted = 0
+        self.failure: _Failure | None = None
+        self.imported_after_failure = 0  # by batches already sent when the failure happened
 
-    def add(self, parsed: ParsedOrder) -> None:
-        self.pending.append(parsed)
-        if len(self.pending) >= self.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
+    def send(self, order_keys: list[str], payloads: list[bytes], lines: list[int]) -> None:
+        """Send one batch, then read replies until fewer than _IN_FLIGHT are unanswered."""
         now = now_ms()
-        keys = [self.keys.stream("reserve"), self.keys.state_counts, self.keys.day(utc_day(now))]
-        args: list[Any] = [now, self.force, len(self.pending)]
-        for parsed in self.pending:
-            keys.append(self.keys.order(parsed.order.order_id))
-            args += [parsed.order.order_id, encode_order(parsed.order)]
-        outcome = self.scripts.run("ingest", keys, args)
-        text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
-        self.imported += text.count("n")
+        command = (
+            "EVAL",
+            self._script,
+            4 + len(order_keys),
+            self._stream,
+            self._counts,
+            self._keys.day(utc_day(now)),
+            self._stop_key,
+            *order_keys,
+            now,
+            self._force,
+            len(order_keys),
+            self._id_at,
+            *payloads,
+        )
+        # hiredis packs in C; its stub types the argument as a 1-tuple.
+        packed = hiredis.pack_command(command)  # type: ignore[arg-type]
+        if self._conn is None:
+            self._conn = self._connect(lines[0])
+        self._in_flight.append(lines)
+        try:
+            # No health check: its PING would read a reply meant for a batch in flight.
+            self._conn.send_packed_command([packed], check_health=False)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._lost(exc)
+        while len(self._in_flight) >= _IN_FLIGHT:
+            self._collect()
+        if self.failure is not None:
+            self.finish()
+
+    def finish(self) -> None:
+        """Read every outstanding reply; raises _Stopped if the import stopped."""
+        while self._in_flight:
+            self._collect()
+        if self.failure is not None:
+            self._clear_stop_marker()
+            raise _Stopped
+
+    def close(self) -> None:
+        """Give the connection back; one with unread replies is closed rather than reused."""
+        if self._conn is None:
+            return
+        if self._in_flight:
+            self._conn.disconnect()
+            self._in_flight.clear()
+        self._pool.release(cast(Any, self._conn))
+        self._conn = None
+
+    def _connect(self, line: int) -> _Connection:
+        """A connection of the client's pool for this import; nothing is sent yet if it fails."""
+        try:
+            try:
+                connection = self._pool.get_connection()
+            except TypeError:  # redis-py before 5.3 wants a command name (later ones warn on it)
+                connection = self._pool.get_connection("EVAL")
+            return cast(_Connection, connection)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._fail(_Failure(line, f"cannot reach the server ({exc})"))
+            raise _Stopped from None
+
+    def _collect(self) -> None:
+        """Read the oldest batch's reply and count what it did."""
+        assert self._conn is not None
+        lines = self._in_flight[0]
+        try:
+            reply = self._conn.read_response()
+        except redis.ResponseError as exc:
+            # Refused (BUSY, READONLY...) or aborted outside the script's per-order checks: it
+            # may have done part of its work, and cannot say which part.
+            self._in_flight.popleft()
+            self._fail(_Failure(lines[0], str(exc), uncertain=len(lines)))
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._lost(exc)
+        self._in_flight.popleft()
+        after_failure = self.failure is not None
+        outcome = reply
+        if isinstance(reply, list):  # [outcomes of the orders before the stop, why it stopped]
+            outcome, reason = reply
+            if len(outcome) < len(lines):
+                self._fail(_Failure(lines[len(outcome)], _text(reason)))
+        text = _text(outcome)
+        imported = text.count("n")
+        if after_failure:
+            self.imported_after_failure += imported
+        self.imported += imported
         self.resubmitted += text.count("r")
         self.duplicates += text.count("d")
-        self.pending.clear()
+
+    def _fail(self, failure: _Failure) -> None:
+        # The first failure is where the import stopped. A batch that was already sent when it
+        # happened did nothing (the stop marker) or is counted by what it answered.
+        if self.failure is None:
+            self.failure = failure
+
+    def _lost(self, exc: redis.RedisError) -> NoReturn:
+        """The connection broke: every batch still in flight may or may not have been run."""
+        first = self._in_flight[0][0]
+        uncertain = sum(len(lines) for lines in self._in_flight)
+        self._in_flight.clear()
+        if self._conn is not None:
+            self._conn.disconnect()
+        self._fail(_Failure(first, f"lost the connection to the server ({exc})", uncertain))
+        raise _Stopped
+
+    def _clear_stop_marker(self) -> None:
+        # Every batch sent has answered, so the marker has done its job; its expiry is the backstop
+        # for a client that dies first.
+        if self._conn is None:
+            return
+        with contextlib.suppress(redis.RedisError):
+            self._conn.send_command("DEL", self._stop_key, check_health=False)
+            self._conn.read_response()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _import(
+    reader: OrderReader,
+    pipeline: _Pipeline,
+    keys: Keys,
+    batch_size: int,
+    rejects: _RejectsWriter,
+    tick: Callable[[], None] | None,
+) -> None:
+    """The hot loop: each order into the batch, each full batch into the pipeline, in file order."""
+    prefix, encode, write_reject = keys.order_prefix, order_encoder(), rejects.write
+    order_keys: list[str] = []
+    payloads: list[bytes] = []
+    lines: list[int] = []  # the file line of each order, to say where a failure struck
+    for n, item in enumerate(reader):
+        if isinstance(item, ParsedOrder):
+            order = item.order
+            order_keys.append(prefix + order.order_id)
+            payloads.append(encode(order))
+            lines.append(item.line)
+            if len(order_keys) >= batch_size:
+                pipeline.send(order_keys, payloads, lines)
+                order_keys, payloads, lines = [], [], []
+        else:
+            write_reject(item)
+        if tick is not None and n % 2048 == 0:
+            tick()
+    if order_keys:
+        pipeline.send(order_keys, payloads, lines)
+    pipeline.finish()
 
 
 def ingest_file(
@@ -151,9 +338,10 @@ def ingest_file(
     progress: Callable[[int, int | None], None] | None = None,
     on_unknown_columns: Callable[[list[str]], None] | None = None,
 ) -> IngestResult:
-    """Import one file; raises InputFileError (nothing imported) when it is unusable."""
+    """Import one file; raises InputFileError (nothing imported) when it is unusable, and
+    IngestInterrupted (what was imported so far in its result) when the server fails partway."""
     started = time.perf_counter()
-    batcher = _Batcher(client, keys, force, batch_size)
+    pipeline = _Pipeline(client, keys, force)
     with open_orders_file(path) as source:
         reader = OrderReader(source.text, default_currency, source.name)
         if reader.unknown_columns and on_unknown_columns:
@@ -162,32 +350,67 @@ def ingest_file(
         rejects_path = rejects_path or default_rejects_path(path)
         check_rejects_path(path, rejects_path)
         rejects = _RejectsWriter(rejects_path, reader.header)
+        tick = None
+        if progress is not None:
+            tick = functools.partial(_report_progress, progress, source)
+        stopped = False
         try:
-            for n, item in enumerate(reader):
-                if isinstance(item, RejectedRow):
-                    rejects.write(item)
-                else:
-                    batcher.add(item)
-                if progress is not None and n % 2048 == 0:
-                    progress(source.bytes_read(), source.size_bytes)
-            batcher.flush()
+            _import(reader, pipeline, keys, batch_size, rejects, tick)
+        except _Stopped:
+            stopped = True
         finally:
+            pipeline.close()
             rejects.close()
         if not rejects.count and not explicit_rejects:
             # The default rejects file describes the last import: a clean one leaves none behind.
             rejects_path.unlink(missing_ok=True)
-        if progress is not None:
+        if progress is not None and not stopped:
             progress(source.bytes_read(), source.size_bytes)
         rows = reader.rows
     seconds = time.perf_counter() - started
-    return IngestResult(
+    result = IngestResult(
         rows=rows,
-        imported=batcher.imported,
-        duplicates=batcher.duplicates,
+        imported=pipeline.imported,
+        duplicates=pipeline.duplicates,
         rejected=rejects.count,
-        resubmitted=batcher.resubmitted,
+        resubmitted=pipeline.resubmitted,
         seconds=round(seconds, 3),
         rows_per_s=round(rows / seconds, 1) if seconds > 0 else 0.0,
         rejects_file=str(rejects.path) if rejects.count else None,
         unknown_columns=reader.unknown_columns,
+    )
+    if pipeline.failure is not None:
+        message = _interrupted_message(
+            source.name, pipeline.failure, result, pipeline.imported_after_failure
+        )
+        raise IngestInterrupted(message, result)
+    return result
+
+
+def _report_progress(progress: Callable[[int, int | None], None], source: InputFile) -> None:
+    progress(source.bytes_read(), source.size_bytes)
+
+
+def _interrupted_message(
+    name: str, failure: _Failure, result: IngestResult, imported_after: int
+) -> str:
+    """One line: where and why the import stopped, what it imported, and what to do now."""
+    reason = " ".join(failure.reason.split()).rstrip(".")
+    text = f"{name}: import stopped at line {failure.line}: {reason}; imported {result.imported}"
+    if result.resubmitted:
+        text += f" and re-submitted {result.resubmitted}"
+    text += f" orders, skipped {result.duplicates} duplicates"
+    if result.rejected:
+        text += f", rejected {result.rejected} rows (in {result.rejects_file})"
+    if failure.uncertain:
+        text += (
+            f"; the {failure.uncertain} orders from line {failure.line} on may or may not have "
+            "been imported"
+        )
+    elif not imported_after:
+        text += "; nothing from that line on was imported"
+    if imported_after:
+        text += f"; {imported_after} orders after that line were imported"
+    return (
+        f"{text}. Re-run the same command to import the rest: orders already in count as duplicates"
     )

@@ -38,6 +38,10 @@ class Keys:
         """Hash holding one order: state, workflow position, payload, history."""
         return f"{self._pipe}:order:{order_id}"
 
+    def ingest_stop_marker(self, token: str) -> str:
+        """Short-lived key telling one import's batches still in flight that it stopped."""
+        return f"{self._pipe}:ingest:stopped:{token}"
+
     @property
     def order_pattern(self) -> str:
         """SCAN pattern matching every order hash."""

@@ -9,6 +9,7 @@ import json
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from streamproc.errors import ServerError
+from streamproc.ingest import IngestInterrupted, ingest_file
 from streamproc.keys import Keys
 from streamproc.models import Order, decode_order
+from streamproc.transport import ensure_groups_sync
 from tests.helpers import REPO_ROOT, free_port, run_cli, spawn_cli, stop_procs
 from tests.support import HEADER
 
@@ -648,3 +652,219 @@ def test_unknown_columns_reported_once_and_ignored(
     assert summary.get("unknown_columns", ["coupon", "Notes"]) == ["coupon", "Notes"]
     order = stored_order(r, "E7")
     assert (order.order_id, order.customer_name, order.total_cents) == ("E7", "John Doe", 5100)
+
+
+# -- a server error in the middle of a pipelined import ----------------------------------------
+
+
+def first_lines(path: Path) -> dict[str, int]:
+    """The line each order's first row is on (header = line 1)."""
+    lines: dict[str, int] = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            if number > 1:
+                lines.setdefault(row[0], number)
+    return lines
+
+
+def stop_markers(r: redis.Redis) -> list[str]:
+    return list(r.scan_iter(match="*stopped-ingest*", count=1000))
+
+
+def test_server_error_mid_import_stops_there_and_a_rerun_imports_the_rest(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """A batch that fails while later ones are already sent: exit 3 with an exact summary, the
+    orders before the failing one imported once, none after it; a re-run imports the rest."""
+    path = tmp_path / "big.csv"
+    ids = _big_file(path, 6000, seed=7)
+    total, k = len(ids), len(ids) // 2 + 7  # mid-batch, with batches queued behind it
+    victim = ids[k]
+    line = first_lines(path)[victim]
+    r.set(KEYS.order(victim), "not an order hash")  # HGET on it fails: WRONGTYPE
+
+    done = run_cli(["ingest", str(path), "--json", "--batch-size", "50"], sp_env)
+
+    assert done.returncode == 3, done
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    [error] = error_lines(done.stderr)
+    assert f"{path}: import stopped at line {line}: WRONGTYPE" in error
+    assert f"imported {k} orders, skipped 0 duplicates" in error
+    assert "nothing from that line on was imported" in error
+    assert stream_ids(r) == ids[:k]  # file order, nothing after the failing order
+    assert len(order_keys(r)) == k + 1  # and the victim's own key
+    assert r.hget(KEYS.state_counts, "pending") == str(k)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert r.hget(KEYS.day(today), "orders") == str(k)
+    assert stop_markers(r) == []
+
+    r.delete(KEYS.order(victim))
+    again, summary = ingest(path, sp_env, "--batch-size", "50")
+
+    assert again.returncode == 0, again.stderr
+    assert (summary["imported"], summary["duplicates"]) == (total - k, k)
+    assert stream_ids(r) == ids
+    assert r.hget(KEYS.state_counts, "pending") == str(total)
+    assert r.hget(KEYS.day(today), "orders") == str(total)
+
+
+def test_out_of_memory_mid_import_stops_at_a_batch_and_a_rerun_completes(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """The server refuses writes (maxmemory, noeviction) partway: whole orders only, counted."""
+    path = tmp_path / "big.csv"
+    ids = _big_file(path, 8000, seed=11)
+    total = len(ids)
+    old = r.config_get("maxmemory")["maxmemory"]
+    r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 2_000_000)
+    try:
+        done = run_cli(["ingest", str(path), "--json", "--batch-size", "100"], sp_env)
+    finally:
+        r.config_set("maxmemory", old)
+
+    assert done.returncode == 3, done
+    [error] = error_lines(done.stderr)
+    assert "OOM" in error
+    first = r.xlen(KEYS.stream("reserve"))
+    assert 0 < first < total
+    assert f"imported {first} orders" in error
+    assert stream_ids(r) == ids[:first]
+    assert len(order_keys(r)) == first
+    assert r.hget(KEYS.state_counts, "pending") == str(first)
+
+    again, summary = ingest(path, sp_env)
+
+    assert again.returncode == 0, again.stderr
+    assert (summary["imported"], summary["duplicates"]) == (total - first, first)
+    assert stream_ids(r) == ids
+
+
+def test_connection_lost_mid_import_exits_3_and_a_rerun_completes(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """The ingest's connection is killed with batches in flight: exit 3 saying those may or may
+    not be in; a re-run imports every order exactly once."""
+    path = tmp_path / "big.csv"
+    ids = _big_file(path, 60_000, seed=5)
+    total = len(ids)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamproc", "ingest", str(path), "--batch-size", "50"],
+        env=sp_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        killed = 0
+        while not killed and proc.poll() is None and time.monotonic() < deadline:
+            if r.xlen(KEYS.stream("reserve")) > 0:
+                killed = r.client_kill_filter(_type="normal", skipme=True)
+            time.sleep(0.001)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if not killed:
+        pytest.skip("the import finished before its connection could be killed")
+
+    assert proc.returncode == 3, (out, err)
+    assert "Traceback" not in err
+    [error] = error_lines(err)
+    assert f"{path}: import stopped at line" in error
+    assert "lost the connection to the server" in error
+    assert "may or may not have been imported" in error
+    first = r.xlen(KEYS.stream("reserve"))
+    assert stream_ids(r) == ids[:first]
+    assert r.hget(KEYS.state_counts, "pending") == str(first)
+
+    again, summary = ingest(path, sp_env)
+
+    assert again.returncode == 0, again.stderr
+    assert (summary["imported"], summary["duplicates"]) == (total - first, first)
+    assert stream_ids(r) == ids
+
+
+def test_force_counts_every_resubmitted_state_once(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """--force moves failed, rolled_back and dead_lettered orders (not completed ones) back to
+    pending: attempt + 1, history kept, payment outcome cleared, counters moved in one step."""
+    ended = {"X1": "failed", "X2": "rolled_back", "X3": "dead_lettered", "X4": "completed"}
+    path = write(tmp_path / "force.csv", [good(order_id) for order_id in ended])
+    done, first = ingest(path, sp_env)
+    assert done.returncode == 0, done.stderr
+    assert first["imported"] == 4
+    for order_id, state in ended.items():  # as the stages would leave them
+        r.hset(KEYS.order(order_id), mapping={"s": state, "k": "", "p": "declined", "e": "boom"})
+        r.hincrby(KEYS.state_counts, "pending", -1)
+        r.hincrby(KEYS.state_counts, state, 1)
+    history = r.hget(KEYS.order("X1"), "h")
+
+    done, forced = ingest(
+        write(tmp_path / "again.csv", [good("X0"), *map(good, ended)]), sp_env, "--force"
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert (forced["imported"], forced["resubmitted"], forced["duplicates"]) == (1, 3, 1)
+    counts = r.hgetall(KEYS.state_counts)
+    assert {state: int(counts[state]) for state in ("failed", "rolled_back", "dead_lettered")} == {
+        "failed": 0,
+        "rolled_back": 0,
+        "dead_lettered": 0,
+    }
+    assert (counts["pending"], counts["completed"]) == ("4", "1")
+    for order_id in ("X1", "X2", "X3"):
+        record = r.hgetall(KEYS.order(order_id))
+        assert (record["s"], record["k"], record["a"]) == ("pending", "reserve", "2")
+        assert "p" not in record and "e" not in record
+    assert r.hget(KEYS.order("X1"), "h").startswith(history + ";pending@")
+    assert r.hget(KEYS.order("X4"), "s") == "completed"
+    entries = r.xrange(KEYS.stream("reserve"))[4:]
+    assert [(e["o"], e["a"]) for _, e in entries] == [
+        ("X0", "1"),
+        ("X1", "2"),
+        ("X2", "2"),
+        ("X3", "2"),
+    ]
+    assert entries[1][1]["d"] == r.hget(KEYS.order("X1"), "d")
+
+
+def test_in_process_progress_and_an_interrupted_import_result(
+    tmp_path: Path, redis_url: str, r: redis.Redis
+) -> None:
+    """ingest_file as a library: progress climbs to the file's size; a failure raises
+    IngestInterrupted (a ServerError: exit 3) carrying the summary of what was imported."""
+    path = tmp_path / "big.csv"
+    ids = _big_file(path, 6000, seed=3)
+    size = path.stat().st_size
+    seen: list[tuple[int, int | None]] = []
+    with redis.Redis.from_url(redis_url) as client:
+        ensure_groups_sync(client, KEYS)
+        result = ingest_file(
+            client,
+            KEYS,
+            str(path),
+            "USD",
+            batch_size=100,
+            progress=lambda done, total: seen.append((done, total)),
+        )
+        assert (result.imported, result.rows) == (len(ids), 6000)
+        assert len(seen) > 1
+        assert seen[-1] == (size, size)
+        assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+        r.flushall()
+        ensure_groups_sync(client, KEYS)
+        k = 1234
+        r.hset(KEYS.order(ids[k]), "s", "completed")  # fine: a duplicate
+        r.set(KEYS.order(ids[k + 1]), "not an order hash")
+        with pytest.raises(IngestInterrupted) as caught:
+            ingest_file(client, KEYS, str(path), "USD", batch_size=100)
+    assert isinstance(caught.value, ServerError)
+    assert (caught.value.result.imported, caught.value.result.duplicates) == (k, 1)
+    assert f"import stopped at line {first_lines(path)[ids[k + 1]]}" in str(caught.value)
+    assert stream_ids(r) == ids[:k]
+    assert stop_markers(r) == []
