@@ -634,3 +634,57 @@ def test_corrupt_and_truncated_gzip_are_refused(tmp_path: Path) -> None:
     path.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(InputFileError, match=r"orders\.csv\.gz: not a valid gzip file"):
         read_all(str(path))
+
+
+def test_non_utf8_after_ascii_chunks_reports_its_line_and_offset(tmp_path: Path) -> None:
+    # Whole chunks of ASCII are proven UTF-8 without decoding; a bad byte after them is still
+    # found, with the line and offset it would have had.
+    body = (HEADER + "\n" + row() * (2 * csvinput._CHUNK_BYTES // len(row()) + 10)).encode()
+    assert len(body) > 2 * csvinput._CHUNK_BYTES
+    path = tmp_path / "orders.csv"
+    path.write_bytes(body + "é\n".encode() + b"\x80\n")
+    with pytest.raises(InputFileError) as caught:
+        read_all(str(path))
+    line = body.count(b"\n") + 2
+    offset = len(body) + len("é\n".encode())
+    assert str(caught.value) == f"{path}: not UTF-8 at line {line} (byte offset {offset})"
+
+
+def test_repeated_cells_parse_alike_in_every_spelling() -> None:
+    # Equal (SKU, product, quantity, price) cells are checked once and share one Line; a spelling
+    # with spaces is another key with the same values, and no combination borrows another's.
+    cells = [
+        ("SKU-1", "Mouse", "2", "25.50"),
+        (" SKU-1 ", " Mouse ", " 2 ", " 25.50 "),
+        ("SKU-1", "Mouse", "3", "25.50"),
+        ("SKU-1", "Mouse", "2", "25.5"),
+        ("SKU-2", "Mouse", "2", "25.50"),
+        ("SKU-1", "", "2", "25.50"),
+    ]
+    text = HEADER + "\n"
+    for n in range(3):
+        for i, (sku, name, quantity, price) in enumerate(cells):
+            text += row(
+                order_id=f"{n}-{i}",
+                product_sku=sku,
+                product_name=name,
+                quantity=quantity,
+                unit_price=price,
+            )
+    results = parse(text)
+    assert all(isinstance(r, ParsedOrder) for r in results)
+    lines = [
+        (x.sku, x.name, x.quantity, x.unit_price_cents)
+        for r in results
+        if isinstance(r, ParsedOrder)
+        for x in r.order.lines
+    ]
+    expected = [
+        ("SKU-1", "Mouse", 2, 2550),
+        ("SKU-1", "Mouse", 2, 2550),
+        ("SKU-1", "Mouse", 3, 2550),
+        ("SKU-1", "Mouse", 2, 2550),
+        ("SKU-2", "Mouse", 2, 2550),
+        ("SKU-1", "", 2, 2550),
+    ]
+    assert lines == expected * 3
