@@ -8,7 +8,10 @@ import redis.asyncio
 from streamproc.gateway import idempotency_key
 from streamproc.keys import Keys
 from streamproc.models import Order, decode_order
+from streamproc.rawpipe import pipelined
 from streamproc.replies import text
+
+ORDER_FIELDS = ("s", "a", "k", "d", "p", "e", "c", "u", "h")
 
 
 class TimelineStep(msgspec.Struct):
@@ -62,19 +65,19 @@ def _payment(record: bytes | None, charges: bytes | None) -> PaymentRecord:
 
 async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> StoredOrder | None:
     """The stored order, or None when there is no such order."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hmget(keys.order(order_id), ["s", "a", "k", "d", "p", "e", "c", "u", "h"])
-    pipe.hmget(keys.gateway_ledger, [idempotency_key(order_id, 1)])
-    pipe.hget(keys.gateway_charges, order_id)
-    (
-        (state, attempt_raw, stage, payload, note, error, created, updated, history),
-        ledger,
-        charges,
-    ) = await pipe.execute()
+    order_fields, ledger, charges = await pipelined(
+        client,
+        [
+            ("HMGET", keys.order(order_id), *ORDER_FIELDS),
+            ("HGET", keys.gateway_ledger, idempotency_key(order_id, 1)),
+            ("HGET", keys.gateway_charges, order_id),
+        ],
+    )
+    state, attempt_raw, stage, payload, note, error, created, updated, history = order_fields
     if state is None or payload is None:
         return None
     attempt = int(attempt_raw or 1)
-    record = ledger[0]
+    record = ledger
     if attempt > 1:  # re-submitted orders are charged under an attempt-suffixed key
         record = await client.hget(keys.gateway_ledger, idempotency_key(order_id, attempt))
     return StoredOrder(

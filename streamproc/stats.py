@@ -7,6 +7,7 @@ import redis.asyncio
 
 from streamproc.keys import Keys
 from streamproc.models import STATES
+from streamproc.rawpipe import pairs, pipelined
 from streamproc.replies import text
 
 REVENUE_PREFIX = "revenue:"
@@ -40,10 +41,10 @@ def parse_day(day: str, raw: dict[bytes, bytes]) -> DayCounters:
 
 async def load_stats(client: redis.asyncio.Redis, keys: Keys, day: str) -> OrderStats:
     """State counts and the counters of `day` (YYYY-MM-DD, UTC), in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hgetall(keys.state_counts)
-    pipe.hgetall(keys.day(day))
-    counts, day_raw = await pipe.execute()
+    counts_flat, day_flat = await pipelined(
+        client, [("HGETALL", keys.state_counts), ("HGETALL", keys.day(day))]
+    )
+    counts, day_raw = pairs(counts_flat), pairs(day_flat)
     by_state = {state: 0 for state in STATES}
     for key, value in counts.items():
         name = text(key)
