@@ -19,10 +19,11 @@ import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from api.errors import Forbidden, Unauthorized, Unavailable
+from api.errors import ApiError, Forbidden, Unauthorized, Unavailable
 from api.params import parse_body, parse_values
-from api.responses import success
+from api.responses import failure, success
 from streamproc.keys import Keys
 from streamproc.lua import AsyncScripts
 from streamproc.settings import Settings
@@ -134,7 +135,27 @@ class Endpoint:
                 result = await self.handler(call)
             return result if isinstance(result, Response) else success(result, self.status)
 
-        return Route(self.path, run, methods=[self.method], name=self.name)
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            # A plain ASGI endpoint: Starlette's per-request wrapper layers cost more than the
+            # work here, and an ApiError maps to its envelope right where it is raised.
+            try:
+                response = await run(Request(scope, receive))
+            except ApiError as exc:
+                response = failure(exc.status, exc.message, exc.errors, headers=exc.headers)
+            await response(scope, receive, send)
+
+        return Route(self.path, _AsgiApp(app), methods=[self.method], name=self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class _AsgiApp:
+    """Marks a function as a raw ASGI app (Starlette wraps plain functions as request handlers)."""
+
+    app: Callable[[Scope, Receive, Send], Awaitable[None]]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the wrapped app."""
+        await self.app(scope, receive, send)
 
 
 def authorize(request: Request, token: str | None) -> None:
