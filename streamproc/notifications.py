@@ -41,7 +41,23 @@ class Notification(msgspec.Struct, kw_only=True):
     log_offset: int = -1
 
 
-_encode = msgspec.json.Encoder().encode
+class LogLine(msgspec.Struct):
+    """One line of the notifications log (keys in this order)."""
+
+    ts: str
+    id: str
+    channel: str
+    type: str
+    order_reference: str
+    customer_id: int
+    order_status: str
+    total_amount: str
+    currency: str
+    message: str
+
+
+_encoder = msgspec.json.Encoder()
+_encode = _encoder.encode
 _decode = msgspec.json.Decoder(Notification).decode
 
 
@@ -70,8 +86,11 @@ def new_id(order_id: str, state: str, channel: str) -> str:
     return f"{order_id}:{notification_type(state)}:{channel}"
 
 
-def new_record(order: Order, state: str, channel: str) -> Notification:
-    """The record of the automatic notification for an order that reached `state`."""
+def new_record(order: Order, state: str, channel: str, created_at: str = "") -> Notification:
+    """The record of the automatic notification for an order that reached `state`.
+
+    `created_at` defaults to now; a batch passes one stamp for all its records.
+    """
     kind = notification_type(state)
     total = format_cents(order.total_cents)
     text = (
@@ -89,7 +108,7 @@ def new_record(order: Order, state: str, channel: str) -> Notification:
         total_amount=total,
         currency=order.currency,
         message=text,
-        created_at=now_iso(),
+        created_at=created_at or now_iso(),
     )
 
 
@@ -122,27 +141,30 @@ class LogChannel:
         """Append every record as one JSON line, in a single write, and flush it to the kernel."""
         if not records:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         stamp = now_iso()
-        lines = b"".join(
-            msgspec.json.encode(
-                {
-                    "ts": stamp,
-                    "id": r.id,
-                    "channel": r.channel,
-                    "type": r.notification_type,
-                    "order_reference": r.order_reference,
-                    "customer_id": r.customer_id,
-                    "order_status": r.order_status,
-                    "total_amount": r.total_amount,
-                    "currency": r.currency,
-                    "message": r.message,
-                }
-            )
-            + b"\n"
-            for r in records
+        lines = _encoder.encode_lines(
+            [
+                LogLine(
+                    stamp,
+                    r.id,
+                    r.channel,
+                    r.notification_type,
+                    r.order_reference,
+                    r.customer_id,
+                    r.order_status,
+                    r.total_amount,
+                    r.currency,
+                    r.message,
+                )
+                for r in records
+            ]
         )
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except FileNotFoundError:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, flags, 0o644)
         try:
             os.write(fd, lines)
         finally:

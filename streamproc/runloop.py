@@ -278,10 +278,15 @@ class RunLoop:
         if self._fault == "after_effect":
             die_now()
         await self._settle(decided)
-        # A message the handler left undecided (notify: leased by another consumer) is not a
-        # failure: it stays pending for a later reclaim, and this delivery does not count.
+        await self._leave_undecided(good, decided)
+
+    async def _leave_undecided(self, batch: list[Message], decided: list[Decision]) -> None:
+        """A message the handler left undecided (notify: leased by another consumer) is not a
+        failure: it stays pending for a later reclaim, and this delivery does not count."""
+        if len(decided) == len(batch):
+            return  # the usual case: every message answered
         answered = {d.message.msg_id for d in decided}
-        await self.stream.uncount_delivery([m for m in good if m.msg_id not in answered])
+        await self.stream.uncount_delivery([m for m in batch if m.msg_id not in answered])
 
     async def _handle(self, batch: list[Message]) -> list[Decision]:
         if self._poison is not None and any(m.order_id == self._poison for m in batch):
@@ -291,20 +296,29 @@ class RunLoop:
     async def _settle(self, decided: list[Decision]) -> None:
         """Commit the decided messages; retry or dead-letter the ones the handler could not."""
         decisions = [d for d in decided if d.outcome]
-        for failure in decided:
-            if not failure.outcome:
-                if failure.permanent:
-                    await self._dead_letter(failure.message, failure.error)
-                else:
-                    await self._failed([failure.message], failure.error)
+        if len(decisions) < len(decided):
+            for failure in decided:
+                if not failure.outcome:
+                    if failure.permanent:
+                        await self._dead_letter(failure.message, failure.error)
+                    else:
+                        await self._failed([failure.message], failure.error)
         results = await self.stream.commit(decisions)
         if self._fault == "after_commit":
             die_now()
-        for decision, result in zip(decisions, results, strict=True):
-            if result == -1:
-                await self._dead_letter(decision.message, "order record is missing")
-            else:
-                self.outcomes[decision.outcome if result == 1 else "stale"] += 1
+        if -1 in results:
+            for decision, result in zip(decisions, results, strict=True):
+                if result == -1:
+                    await self._dead_letter(decision.message, "order record is missing")
+        self.outcomes.update(
+            [
+                d.outcome if result == 1 else "stale"
+                for d, result in zip(decisions, results, strict=True)
+                if result != -1
+            ]
+        )
+        if self._last_errors:
+            for decision in decisions:
                 self._last_errors.pop(decision.message.msg_id, None)
 
     async def _failed(self, messages: list[Message], error: str) -> None:

@@ -21,7 +21,7 @@ STOCK_COLUMNS = ("available", "reserved", "committed", "initial")
 SKU_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per order, and a frozen dataclass builds slowly
 class StockRequest:
     """What one order attempt asks of the stock: its reservation key and quantity per SKU."""
 

@@ -280,3 +280,24 @@ def test_unknown_sku_is_created_with_default_stock_under_create(
     released = run_handler(redis_url, settings, RollbackHandler, [message("n1", ("SKU-NEW", 3))])
     assert [d.outcome for d in released] == ["rolled_back"]
     assert stock_of(r, "SKU-NEW") == (7, 0, 0)
+
+
+def test_one_order_attempt_twice_in_a_batch_moves_stock_once(
+    redis_url: str, r: redis.Redis
+) -> None:
+    """The stock scripts decide a batch at once: a repeated reservation key still acts once."""
+    settings = Settings(redis_url=redis_url, unknown_sku="reject")
+    set_stock(r, KEYS, "SKU-D", 5)
+    twice = message("d1", ("SKU-D", 2))
+    batch = [twice, message("d2", ("SKU-D", 2)), twice, message("d3", ("SKU-D", 2))]
+    decisions = run_handler(redis_url, settings, ReserveHandler, batch)
+    assert [d.outcome for d in decisions] == ["reserved", "reserved", "reserved", "failed"]
+    assert decisions[3].note == "out_of_stock:SKU-D"  # 1 left: d1 took 2 once, d2 took 2
+    assert stock_of(r, "SKU-D") == (1, 4, 0)
+    assert r.hget(KEYS.reservations, "d1#1") == "r"
+
+    done = run_handler(redis_url, settings, FinalizeHandler, [twice, twice, batch[1]])
+    assert [d.outcome for d in done] == ["completed", "completed", "completed"]
+    assert stock_of(r, "SKU-D") == (1, 0, 4)
+    # Stock stays whole: initial = available + reserved + committed.
+    assert int(r.hget(KEYS.stock("initial"), "SKU-D") or 0) == 5

@@ -380,3 +380,46 @@ def test_slow_payments_are_not_reclaimed_by_their_own_consumer(
     assert dict(loop.outcomes) == {"paid": total}
     assert r.hget(KEYS.gateway_stats, "calls") == str(total)
     assert r.xlen(KEYS.stream("finalize")) == total
+
+
+def test_commit_that_fails_half_way_keeps_what_it_applied_counted_and_acked(
+    redis_url: str, r: redis.Redis
+) -> None:
+    """An order key of the wrong type stops the batch there: the orders before it stay applied,
+    acked and counted (so a retry finds them stale, not uncounted); the rest is untouched."""
+    orders = [
+        Order(f"W{i}", 7, "Walt", "USD", "2025-11-10T00:00:00Z", [Line("S", "", 1, 100)])
+        for i in range(3)
+    ]
+    for order in orders:
+        fields = {"s": "reserved", "a": "1", "k": "payment", "d": encode_order(order), "h": "x"}
+        if order.order_id == "W1":
+            r.set(KEYS.order("W1"), "not a hash")
+        else:
+            r.hset(KEYS.order(order.order_id), mapping=fields)
+    r.hset(KEYS.state_counts, "reserved", 3)
+
+    async def main() -> str:
+        client = async_client(redis_url)
+        try:
+            ctx = StageContext.build(Settings(redis_url=redis_url), client)
+            await ensure_groups(client, KEYS)
+            for order in orders:
+                entry = {"o": order.order_id, "a": "1", "s": "reserved", "d": encode_order(order)}
+                await client.xadd(KEYS.stream("payment"), entry)
+            stream = StageStream(client, ctx.scripts, KEYS, "payment", "c1")
+            batch = await stream.read(10, None)
+            try:
+                await stream.commit([Decision(m, "paid", "ok") for m in batch])
+            except redis.ResponseError as exc:
+                return str(exc)
+            return "no error"
+        finally:
+            await client.aclose()
+
+    assert "WRONGTYPE" in asyncio.run(main())
+    assert r.hget(KEYS.order("W0"), "s") == "paid"
+    assert r.hget(KEYS.order("W2"), "s") == "reserved"
+    assert r.hgetall(KEYS.state_counts) == {"reserved": "2", "paid": "1"}
+    assert r.xlen(KEYS.stream("finalize")) == 1
+    assert r.xinfo_groups(KEYS.stream("payment"))[0]["pending"] == 2  # W1 and W2 stay pending

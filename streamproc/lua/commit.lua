@@ -3,65 +3,116 @@
 -- A transition is applied only while the order still waits for this stage in this attempt
 -- (field k = stage, field a = attempt): a replayed or stale message is just acked (fencing).
 -- An item with an empty to_state is ack-only (stages with no state change, e.g. notify).
+-- Per order it costs one HMGET, one HSET and one XADD per output; the acks, the state counters and
+-- the day's counters are written once per batch. Should a call fail half-way, everything decided
+-- before the failure is still acked and counted before the error is returned, so a retry finds
+-- those messages stale and the counters right.
 -- KEYS[1] source stream   KEYS[2] state counts   KEYS[3], KEYS[4] output streams 1 and 2
 -- KEYS[5] today's counters hash (terminal states, and revenue per currency of completed orders)
 -- KEYS[5+i] order hash of the i-th item
 -- ARGV[1] group   ARGV[2] stage   ARGV[3] now (ms)   ARGV[4] count n
--- then 8 per item: msg id, order id, attempt, to_state, next stage ("" when terminal),
---                  outputs ("", "1", "2" or "12"), note (stored in field p when not ""),
---                  revenue ("<currency>:<cents>" for a completion, else "")
+-- ARGV[5] number of transitions t, then 3 per transition: to_state, next stage ("" when
+--         terminal), outputs ("", "1", "2" or "12")
+-- then 6 per item: msg id, order id, attempt, transition (1..t), note (stored in field p when
+--                  not ""), revenue ("<currency>:<cents>" for a completion, else "")
 -- Returns one integer per item: 1 applied, 0 stale (acked only), -1 order missing (not acked).
 local group, stage, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local transitions = {}
+for t = 1, tonumber(ARGV[5]) do
+  transitions[t] = { ARGV[3 + 3 * t], ARGV[4 + 3 * t], ARGV[5 + 3 * t] }
+end
+local first = 5 + 3 * #transitions
 local terminal = { completed = true, failed = true, rolled_back = true }
+-- Revenue is summed per currency in Lua numbers while they stay exact (below 2^53 cents).
+local EXACT = 9007199254740992
 local out = {}
-local counted = false
-for i = 1, n do
-  local b = 4 + (i - 1) * 8
-  local msg, oid, attempt, to_state = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-  local next_stage, outputs, note, revenue = ARGV[b + 5], ARGV[b + 6], ARGV[b + 7], ARGV[b + 8]
-  local key = KEYS[5 + i]
-  if to_state == "" then
-    redis.call("XACK", KEYS[1], group, msg)
-    out[i] = 1
-  else
-    local cur = redis.call("HMGET", key, "s", "a", "k", "d", "h")
-    if not cur[1] then
-      out[i] = -1
+local acks = {}
+local moves, moved = {}, {}
+local day, day_fields = {}, {}
+
+local function count(into, fields, field, by)
+  if not into[field] then
+    into[field] = 0
+    fields[#fields + 1] = field
+  end
+  into[field] = into[field] + by
+end
+
+local function apply()
+  for i = 1, n do
+    local b = first + (i - 1) * 6
+    local msg, attempt = ARGV[b + 1], ARGV[b + 3]
+    local transition = transitions[tonumber(ARGV[b + 4])]
+    local to_state = transition[1]
+    if to_state == "" then
+      acks[#acks + 1] = msg
+      out[i] = 1
     else
-      if cur[3] == stage and cur[2] == attempt then
-        redis.call("HSET", key, "s", to_state, "k", next_stage, "u", now,
-          "h", (cur[5] or "") .. ";" .. to_state .. "@" .. now)
-        if note ~= "" then
-          redis.call("HSET", key, "p", note)
-        end
-        if cur[1] ~= to_state then
-          redis.call("HINCRBY", KEYS[2], cur[1], -1)
-          redis.call("HINCRBY", KEYS[2], to_state, 1)
-        end
-        if terminal[to_state] then
-          redis.call("HINCRBY", KEYS[5], to_state, 1)
-          if revenue ~= "" then
-            local sep = string.find(revenue, ":", 1, true)
-            -- pcall: an absurd total overflowing the day's 64-bit sum must not abort the batch
-            -- half-way (a script error keeps the writes made before it).
-            redis.pcall("HINCRBY", KEYS[5], "revenue:" .. string.sub(revenue, 1, sep - 1),
-              string.sub(revenue, sep + 1))
-          end
-          counted = true
-        end
-        for j = 1, #outputs do
-          local target = KEYS[2 + tonumber(string.sub(outputs, j, j))]
-          redis.call("XADD", target, "*", "o", oid, "a", attempt, "s", to_state, "d", cur[4])
-        end
-        out[i] = 1
+      local key = KEYS[5 + i]
+      local cur = redis.call("HMGET", key, "s", "a", "k", "d", "h")
+      if not cur[1] then
+        out[i] = -1
       else
-        out[i] = 0
+        if cur[3] == stage and cur[2] == attempt then
+          local note, history = ARGV[b + 5], (cur[5] or "") .. ";" .. to_state .. "@" .. now
+          if note ~= "" then
+            redis.call("HSET", key, "s", to_state, "k", transition[2], "u", now, "h", history,
+              "p", note)
+          else
+            redis.call("HSET", key, "s", to_state, "k", transition[2], "u", now, "h", history)
+          end
+          local outputs = transition[3]
+          for j = 1, #outputs do
+            local target = KEYS[2 + tonumber(string.sub(outputs, j, j))]
+            redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
+              "d", cur[4])
+          end
+          if cur[1] ~= to_state then
+            count(moves, moved, cur[1], -1)
+            count(moves, moved, to_state, 1)
+          end
+          if terminal[to_state] then
+            count(day, day_fields, to_state, 1)
+            local revenue = ARGV[b + 6]
+            if revenue ~= "" then
+              local sep = string.find(revenue, ":", 1, true)
+              local field, cents = "revenue:" .. string.sub(revenue, 1, sep - 1),
+                string.sub(revenue, sep + 1)
+              local sum = (day[field] or 0) + (tonumber(cents) or EXACT)
+              if sum < EXACT then
+                count(day, day_fields, field, tonumber(cents))
+              else
+                -- pcall: an absurd total overflowing the day's 64-bit sum must not fail the batch.
+                redis.pcall("HINCRBY", KEYS[5], field, cents)
+              end
+            end
+          end
+          out[i] = 1
+        else
+          out[i] = 0
+        end
+        acks[#acks + 1] = msg
       end
-      redis.call("XACK", KEYS[1], group, msg)
     end
   end
 end
-if counted then
+
+local ok, err = pcall(apply)
+for i = 1, #acks, 1000 do
+  redis.call("XACK", KEYS[1], group, unpack(acks, i, math.min(i + 999, #acks)))
+end
+for _, state in ipairs(moved) do
+  if moves[state] ~= 0 then
+    redis.call("HINCRBY", KEYS[2], state, moves[state])
+  end
+end
+if #day_fields > 0 then
+  for _, field in ipairs(day_fields) do
+    redis.pcall("HINCRBY", KEYS[5], field, string.format("%.0f", day[field]))
+  end
   redis.call("EXPIRE", KEYS[5], 691200, "NX")
+end
+if not ok then
+  error(err)
 end
 return out

@@ -5,23 +5,64 @@
 -- then 5 per call: idempotency key, order id, amount (cents), currency, outcome (ok|declined)
 -- Returns one string per call: "<outcome>:<amount>:<currency>:<ms>" as first recorded.
 local now, n = ARGV[1], tonumber(ARGV[2])
-local out = {}
-local fresh = 0
-for i = 1, n do
-  local b = 2 + (i - 1) * 5
-  local key, oid, amount, currency, outcome =
-    ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
-  local rec = redis.call("HGET", KEYS[1], key)
-  if not rec then
-    rec = outcome .. ":" .. amount .. ":" .. currency .. ":" .. now
-    redis.call("HSET", KEYS[1], key, rec)
-    if outcome == "ok" then
-      redis.call("HINCRBY", KEYS[2], oid, 1)
+
+local function hmget_all(key, fields)
+  local values = {}
+  for i = 1, #fields, 1000 do
+    local part = redis.call("HMGET", key, unpack(fields, i, math.min(i + 999, #fields)))
+    for j = 1, #part do
+      values[i + j - 1] = part[j]
     end
-    fresh = fresh + 1
   end
-  out[i] = rec
+  return values
+end
+
+local function hset_all(key, pairs)
+  for i = 1, #pairs, 1000 do
+    redis.call("HSET", key, unpack(pairs, i, math.min(i + 999, #pairs)))
+  end
+end
+
+local keys = {}
+for i = 1, n do
+  keys[i] = ARGV[2 + (i - 1) * 5 + 1]
+end
+local out = hmget_all(KEYS[1], keys)
+local recorded = {}
+local fresh = {}
+local charged, charged_orders = {}, {}
+for i = 1, n do
+  local key = keys[i]
+  if not out[i] then
+    local rec = recorded[key]
+    if not rec then
+      local b = 2 + (i - 1) * 5
+      local oid, amount, currency, outcome = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
+      rec = outcome .. ":" .. amount .. ":" .. currency .. ":" .. now
+      recorded[key] = rec
+      fresh[#fresh + 1] = key
+      fresh[#fresh + 1] = rec
+      if outcome == "ok" then
+        if not charged[oid] then
+          charged[oid] = 0
+          charged_orders[#charged_orders + 1] = oid
+        end
+        charged[oid] = charged[oid] + 1
+      end
+    end
+    out[i] = rec
+  end
+end
+hset_all(KEYS[1], fresh)
+if #charged_orders > 0 then
+  local before = hmget_all(KEYS[2], charged_orders)
+  local after = {}
+  for i, oid in ipairs(charged_orders) do
+    after[#after + 1] = oid
+    after[#after + 1] = tostring(tonumber(before[i] or "0") + charged[oid])
+  end
+  hset_all(KEYS[2], after)
 end
 redis.call("HINCRBY", KEYS[3], "calls", n)
-redis.call("HINCRBY", KEYS[3], "recorded", fresh)
+redis.call("HINCRBY", KEYS[3], "recorded", #fresh / 2)
 return out

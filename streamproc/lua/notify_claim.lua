@@ -3,22 +3,52 @@
 -- and not yet expired answers "busy"; otherwise the caller gets the lease and the stored record.
 -- A message about a state its order has left (a re-driven dead letter, a newer attempt) is
 -- "stale": acked, never sent.
+-- A record that does not exist yet is stored as the caller's pending record in the same step (it
+-- carries the log's size from before this call), so a first send needs no further write before
+-- its line is appended.
 -- KEYS[1] notifications hash (id -> record JSON)  KEYS[2] leases hash (id -> owner|expiry ms)
 -- KEYS[2+i] order hash of the i-th message
 -- ARGV[1] owner  ARGV[2] now (ms)  ARGV[3] lease ttl (ms)
--- then 3 per message: record id, the state the message carries, its attempt
--- Returns 2 values per message: "stale" | "busy" | "ok", and the stored record ("" unless ok).
+-- then 4 per message: record id, the state the message carries, its attempt, and the pending
+-- record to store when there is none yet ("" to store nothing)
+-- Returns 2 values per message: "stale" | "busy" | "ok", and the stored record ("" unless ok, and
+-- "" when the record did not exist before this call).
 local owner, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local out = {}
-local n = (#ARGV - 3) / 3
+local n = (#ARGV - 3) / 4
+
+local function hmget_all(key, fields)
+  local values = {}
+  for i = 1, #fields, 1000 do
+    local part = redis.call("HMGET", key, unpack(fields, i, math.min(i + 999, #fields)))
+    for j = 1, #part do
+      values[i + j - 1] = part[j]
+    end
+  end
+  return values
+end
+
+local function hset_all(key, pairs)
+  for i = 1, #pairs, 1000 do
+    redis.call("HSET", key, unpack(pairs, i, math.min(i + 999, #pairs)))
+  end
+end
+
+local ids = {}
 for i = 1, n do
-  local id, state, attempt = ARGV[1 + 3 * i], ARGV[2 + 3 * i], ARGV[3 + 3 * i]
+  ids[i] = ARGV[4 * i]
+end
+local leases = hmget_all(KEYS[2], ids)
+local verdicts = {}
+local claimed = {}
+for i = 1, n do
+  local b = 4 * i
+  local state, attempt = ARGV[b + 1], ARGV[b + 2]
   local verdict = "ok"
   local cur = redis.call("HMGET", KEYS[2 + i], "s", "a")
   if cur[1] and (cur[1] ~= state or (cur[2] or "1") ~= attempt) then
     verdict = "stale"
   else
-    local lease = redis.call("HGET", KEYS[2], id)
+    local lease = leases[i]
     if lease then
       local sep = string.find(lease, "|", 1, true)
       local holder, expiry = string.sub(lease, 1, sep - 1), tonumber(string.sub(lease, sep + 1))
@@ -27,11 +57,42 @@ for i = 1, n do
       end
     end
   end
-  out[#out + 1] = verdict
+  verdicts[i] = verdict
   if verdict == "ok" then
-    redis.call("HSET", KEYS[2], id, owner .. "|" .. (now + ttl))
-    out[#out + 1] = redis.call("HGET", KEYS[1], id) or ""
-  else
+    claimed[#claimed + 1] = i
+  end
+end
+local out = {}
+if #claimed > 0 then
+  local claimed_ids = {}
+  for j, i in ipairs(claimed) do
+    claimed_ids[j] = ids[i]
+  end
+  local records = hmget_all(KEYS[1], claimed_ids)
+  local stored = {}
+  local lease_value = owner .. "|" .. (now + ttl)
+  local new_leases, new_records, marked = {}, {}, {}
+  for j, i in ipairs(claimed) do
+    local id = ids[i]
+    stored[i] = records[j] or ""
+    new_leases[#new_leases + 1] = id
+    new_leases[#new_leases + 1] = lease_value
+    local pending = ARGV[4 * i + 3]
+    if not records[j] and pending ~= "" and not marked[id] then
+      marked[id] = true
+      new_records[#new_records + 1] = id
+      new_records[#new_records + 1] = pending
+    end
+  end
+  hset_all(KEYS[2], new_leases)
+  hset_all(KEYS[1], new_records)
+  for i = 1, n do
+    out[#out + 1] = verdicts[i]
+    out[#out + 1] = stored[i] or ""
+  end
+else
+  for i = 1, n do
+    out[#out + 1] = verdicts[i]
     out[#out + 1] = ""
   end
 end

@@ -1,31 +1,89 @@
 -- stock_settle.lua: commit (finalize) or release (rollback) the reserved stock of each order.
 -- Idempotent per reservation key: only a reservation in state "r" moves, to "c" (committed) or
--- "x" (released); any other state is returned unchanged so a replay does nothing.
+-- "x" (released); any other state is returned unchanged so a replay does nothing. The units move
+-- once per batch and SKU (one HSET per stock column with the new values).
 -- KEYS[1] available  KEYS[2] reserved  KEYS[3] committed  KEYS[4] reservations
 -- ARGV[1] mode (commit|release)  ARGV[2] count n
 -- then per order: reservation key, number of SKUs m, then m pairs (sku, quantity)
 -- Returns one string per order: the reservation's state after the call ("" when unknown).
 local commit, n = ARGV[1] == "commit", tonumber(ARGV[2])
-local out = {}
+local target = commit and KEYS[3] or KEYS[1]
+local moved_to = commit and "c" or "x"
+-- Sums above 2^53 would lose digits in Lua numbers: such SKUs are moved with HINCRBY instead.
+local EXACT = 9007199254740992
+
+local function hmget_all(key, fields)
+  local values = {}
+  for i = 1, #fields, 1000 do
+    local part = redis.call("HMGET", key, unpack(fields, i, math.min(i + 999, #fields)))
+    for j = 1, #part do
+      values[i + j - 1] = part[j]
+    end
+  end
+  return values
+end
+
+local function hset_all(key, pairs)
+  for i = 1, #pairs, 1000 do
+    redis.call("HSET", key, unpack(pairs, i, math.min(i + 999, #pairs)))
+  end
+end
+
+local function int(x)
+  return string.format("%.0f", x)
+end
+
+local starts, rkeys = {}, {}
 local p = 3
 for i = 1, n do
-  local rkey, m = ARGV[p], tonumber(ARGV[p + 1])
-  local first = p + 2
-  p = first + 2 * m
-  local rec = redis.call("HGET", KEYS[4], rkey)
+  starts[i] = p
+  rkeys[i] = ARGV[p]
+  p = p + 2 + 2 * tonumber(ARGV[p + 1])
+end
+local states = hmget_all(KEYS[4], rkeys)
+local out = {}
+local moved, skus = {}, {}
+local records = {}
+local done = {}
+for i = 1, n do
+  -- The same reservation twice in one batch moves once.
+  local rec = done[rkeys[i]] or states[i]
   if rec == "r" then
+    local first, m = starts[i] + 2, tonumber(ARGV[starts[i] + 1])
     for j = 0, m - 1 do
       local sku, qty = ARGV[first + 2 * j], tonumber(ARGV[first + 2 * j + 1])
-      redis.call("HINCRBY", KEYS[2], sku, -qty)
-      if commit then
-        redis.call("HINCRBY", KEYS[3], sku, qty)
-      else
-        redis.call("HINCRBY", KEYS[1], sku, qty)
+      if not moved[sku] then
+        moved[sku] = 0
+        skus[#skus + 1] = sku
       end
+      moved[sku] = moved[sku] + qty
     end
-    rec = commit and "c" or "x"
-    redis.call("HSET", KEYS[4], rkey, rec)
+    rec = moved_to
+    records[#records + 1] = rkeys[i]
+    records[#records + 1] = rec
+    done[rkeys[i]] = rec
   end
   out[i] = rec or ""
 end
+if #skus > 0 then
+  local reserved = hmget_all(KEYS[2], skus)
+  local there = hmget_all(target, skus)
+  local new_reserved, new_there = {}, {}
+  for i, sku in ipairs(skus) do
+    local r = tonumber(reserved[i] or "0") - moved[sku]
+    local t = tonumber(there[i] or "0") + moved[sku]
+    if r > -EXACT and r < EXACT and t < EXACT then
+      new_reserved[#new_reserved + 1] = sku
+      new_reserved[#new_reserved + 1] = int(r)
+      new_there[#new_there + 1] = sku
+      new_there[#new_there + 1] = int(t)
+    else
+      redis.call("HINCRBY", KEYS[2], sku, int(-moved[sku]))
+      redis.call("HINCRBY", target, sku, int(moved[sku]))
+    end
+  end
+  hset_all(KEYS[2], new_reserved)
+  hset_all(target, new_there)
+end
+hset_all(KEYS[4], records)
 return out
