@@ -102,10 +102,10 @@ def machine() -> dict[str, Any]:
     }
 
 
-def save(name: str, result: dict[str, Any]) -> Path:
-    """Write results/<name>.json (the latest run) and print it."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def save(name: str, result: dict[str, Any], path: Path | None = None) -> Path:
+    """Write results/<name>.json (the latest run), or `path` when given, and print it."""
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return path

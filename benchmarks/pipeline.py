@@ -1,28 +1,47 @@
-"""End-to-end pipeline benchmark: orders/s and ingest→terminal latency.
+"""End-to-end pipeline benchmark: orders/s, ingest→terminal latency, CPU and memory per order.
 
-    python -m benchmarks.pipeline [--orders 20000] [--procs 2] [--latency-ms 0]
+    python -m benchmarks.pipeline [--orders 200000] [--procs 2] [--latency-ms 0] [--rate N]
 
 Starts a private server, generates a seeded CSV, runs PROCS `streamproc consume --stage all`
-processes, ingests, waits until drained, and reads latencies from each order's history.
+processes, feeds the orders, waits until drained, and reads each order's ingest→terminal latency
+from its history (`pending@ms;…;<terminal>@ms`, stamped by the scripts).
+
+Two ways to feed the orders:
+- flood (default): one `streamproc ingest FILE` of the whole CSV. This measures the maximum
+  throughput; the latency figures are then mostly queueing behind the flood.
+- `--rate N`: the CSV is cut into chunks of `N * chunk-ms / 1000` orders, and each chunk is
+  ingested (the library's `ingest_file`, in this process) on a fixed schedule, so the latency is
+  measured at a given load. Run it at half the flood's orders/s for "latency at half load".
+  (`ingest -` would not do: standard input is read whole before anything is imported.)
+
+The result also holds the CPU seconds the server and the consumers used during the run (from
+/proc, so Linux only; 0 elsewhere), per order, the server's busiest commands, and Redis memory
+per order after the run. Results go to benchmarks/results/<name>.json, where the default name is
+pipeline, pipeline_latency<ms>, pipeline_rate<N> or pipeline_latency<ms>_rate<N>.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from benchmarks.common import machine, private_server, save
 from benchmarks.generate import write_orders
-from streamproc.export import iter_orders
 from streamproc.keys import Keys
 from streamproc.status import collect_status
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -30,23 +49,245 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def _latencies_ms(client: redis.Redis, keys: Keys) -> list[float]:
-    out = []
-    for order in iter_orders(client, keys):
-        steps = order.history.split(";")
-        first, last = steps[0].split("@")[1], steps[-1].split("@")[1]
-        start = time.mktime(time.strptime(first[:19], "%Y-%m-%dT%H:%M:%S")) + float(first[19:-1])
-        end = time.mktime(time.strptime(last[:19], "%Y-%m-%dT%H:%M:%S")) + float(last[19:-1])
-        out.append((end - start) * 1000)
+def _cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime + stime of a live process, from /proc (0.0 when unavailable); with `children`,
+    those of its finished children instead (the server's AOF rewrites)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / CLOCK_TICKS
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _histories(client: redis.Redis, keys: Keys) -> list[list[int]]:
+    """The times (ms) of every order's history steps: ingested, …, terminal."""
+    out: list[list[int]] = []
+    batch: list[bytes] = []
+
+    def load() -> None:
+        pipe = client.pipeline(transaction=False)
+        for key in batch:
+            pipe.hget(key, "h")
+        for raw in pipe.execute():
+            if raw:
+                out.append([int(step.rpartition("@")[2]) for step in raw.decode().split(";")])
+        batch.clear()
+
+    seen: set[bytes] = set()
+    for key in client.scan_iter(match=keys.order_pattern, count=1000):
+        if key not in seen:
+            seen.add(key)
+            batch.append(key)
+            if len(batch) >= 1000:
+                load()
+    if batch:
+        load()
     return out
 
 
-def run(orders: int, procs: int, latency_ms: int) -> dict[str, object]:
-    """One measured run."""
+def _split_csv(csv_path: Path, work: Path, per_chunk: int) -> list[Path]:
+    """Cut the CSV into files of `per_chunk` orders (an order's rows stay together)."""
+    lines = csv_path.read_text().splitlines(keepends=True)
+    header, body = lines[0], lines[1:]
+    chunks: list[Path] = []
+    current: list[str] = []
+    orders = 0
+    last_id = ""
+    for line in body:
+        order_id = line.split(",", 1)[0]
+        if order_id != last_id:
+            if orders == per_chunk:
+                chunks.append(_write_chunk(work, len(chunks), header, current))
+                current, orders = [], 0
+            orders += 1
+            last_id = order_id
+        current.append(line)
+    if current:
+        chunks.append(_write_chunk(work, len(chunks), header, current))
+    return chunks
+
+
+def _write_chunk(work: Path, n: int, header: str, lines: list[str]) -> Path:
+    path = work / f"chunk-{n:06d}.csv"
+    path.write_text(header + "".join(lines))
+    return path
+
+
+def _feed_at_rate(url: str, chunks: list[Path], interval_s: float) -> dict[str, float]:
+    """Ingest chunk k at start + k * interval (at once when behind); returns feeding figures."""
+    from streamproc.connection import sync_client
+    from streamproc.ingest import ingest_file
+
+    client = sync_client(url)
+    keys = Keys()
+    cpu_before = time.process_time()
+    started = time.perf_counter()
+    late_max = 0.0
+    for n, chunk in enumerate(chunks):
+        due = started + n * interval_s
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            late_max = max(late_max, -delay)
+        ingest_file(client, keys, str(chunk), "USD", rejects_path=chunk.with_suffix(".rej"))
+    seconds = time.perf_counter() - started
+    client.close()
+    return {
+        "feed_seconds": seconds,
+        "feed_cpu_seconds": time.process_time() - cpu_before,
+        "feed_late_max_ms": late_max * 1000,
+    }
+
+
+def _server_commandstats(client: redis.Redis, orders: int) -> dict[str, dict[str, float]]:
+    """The server's five costliest commands: calls, µs per call and µs per order."""
+    stats = client.info("commandstats")
+    rows = sorted(
+        ((name.removeprefix("cmdstat_"), row) for name, row in stats.items()),
+        key=lambda item: -int(item[1]["usec"]),
+    )
+    return {
+        name: {
+            "calls": int(row["calls"]),
+            "usec_per_call": round(float(row["usec_per_call"]), 2),
+            "usec_per_order": round(int(row["usec"]) / max(1, orders), 2),
+        }
+        for name, row in rows[:5]
+    }
+
+
+@dataclass
+class _Measured:
+    """What one drive of the pipeline measured."""
+
+    ingest_seconds: float = 0.0
+    total_seconds: float = 0.0
+    cpu_server: float = 0.0
+    cpu_rewrites: float = 0.0
+    aof_rewrites: int = 0
+    cpu_consumers: float = 0.0
+    cpu_ingest: float = 0.0
+    feed: dict[str, float] = field(default_factory=dict)
+
+
+def _drive(
+    url: str, env: dict[str, str], procs: int, csv_path: Path, chunks: list[Path], interval_s: float
+) -> _Measured:
+    """Start the consumers, feed the orders (one ingest, or chunks on a schedule), wait until
+    drained; the clock and the CPU counters start once the consumers are up."""
+    client = redis.Redis.from_url(url)
+    server_pid = int(client.info("server")["process_id"])
+    cli = [sys.executable, "-m", "streamproc"]
+    consumers = [
+        subprocess.Popen([*cli, "consume", "--stage", "all"], env=env) for _ in range(procs)
+    ]
+    out = _Measured()
+    try:
+        time.sleep(1.5)  # let the consumers start before the clock does
+        client.config_resetstat()
+        cpu_server = _cpu_seconds(server_pid)
+        cpu_rewrites = _cpu_seconds(server_pid, children=True)
+        rewrites = int(client.info("persistence")["aof_rewrites"])
+        cpu_consumers = sum(_cpu_seconds(p.pid) for p in consumers)
+        cpu_children = _children_cpu_seconds()
+        started = time.perf_counter()
+        if chunks:
+            out.feed = _feed_at_rate(url, chunks, interval_s)
+            out.cpu_ingest = out.feed["feed_cpu_seconds"]
+        else:
+            subprocess.run(
+                [*cli, "ingest", str(csv_path), "--json"],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            out.cpu_ingest = _children_cpu_seconds() - cpu_children
+        out.ingest_seconds = time.perf_counter() - started
+        subprocess.run(
+            [*cli, "wait", "--timeout", "3600"], env=env, check=True, stdout=subprocess.DEVNULL
+        )
+        out.total_seconds = time.perf_counter() - started
+        out.cpu_server = _cpu_seconds(server_pid) - cpu_server
+        out.cpu_rewrites = _cpu_seconds(server_pid, children=True) - cpu_rewrites
+        out.aof_rewrites = int(client.info("persistence")["aof_rewrites"]) - rewrites
+        out.cpu_consumers = sum(_cpu_seconds(p.pid) for p in consumers) - cpu_consumers
+    finally:
+        for proc in consumers:
+            proc.terminate()
+        for proc in consumers:
+            proc.wait(30)
+        client.close()
+    return out
+
+
+def _latency_figures(stamps: list[list[int]]) -> dict[str, Any]:
+    """Percentiles of ingest→terminal, and of the time each step took."""
+    latencies = [float(steps[-1] - steps[0]) for steps in stamps]
+    # Time spent reaching each step: 1 = reserve (pending → reserved/failed), 2 = payment,
+    # 3 = finalize or rollback.
+    step_ms: dict[str, dict[str, float]] = {}
+    for k, name in ((1, "reserve"), (2, "payment"), (3, "finalize_or_rollback")):
+        gaps = [float(s[k] - s[k - 1]) for s in stamps if len(s) > k]
+        if gaps:
+            step_ms[name] = {
+                "p50": round(_percentile(gaps, 0.5), 1),
+                "p99": round(_percentile(gaps, 0.99), 1),
+            }
+    return {
+        "latency_p50_ms": round(_percentile(latencies, 0.5), 1),
+        "latency_p90_ms": round(_percentile(latencies, 0.9), 1),
+        "latency_p99_ms": round(_percentile(latencies, 0.99), 1),
+        "latency_max_ms": round(max(latencies, default=0.0), 1),
+        "latency_by_stage_ms": step_ms,
+    }
+
+
+def run(
+    orders: int,
+    procs: int,
+    latency_ms: int,
+    rate: int = 0,
+    chunk_ms: int = 50,
+    extra_env: dict[str, str] | None = None,
+    server_config: dict[str, str] | None = None,
+) -> dict[str, object]:
+    """One measured run: flood when `rate` is 0, else `rate` orders/s in chunks of chunk_ms.
+
+    `server_config` is applied with CONFIG SET before anything runs (default: none, the server
+    as `benchmarks.common.private_server` starts it)."""
     work = Path(tempfile.mkdtemp(prefix="sp-pipe-"))
+    try:
+        return _run_in(work, orders, procs, latency_ms, rate, chunk_ms, extra_env, server_config)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the CSV, its chunks, the notifications log
+
+
+def _run_in(
+    work: Path,
+    orders: int,
+    procs: int,
+    latency_ms: int,
+    rate: int,
+    chunk_ms: int,
+    extra_env: dict[str, str] | None,
+    server_config: dict[str, str] | None,
+) -> dict[str, object]:
     csv_path = work / "orders.csv"
     with csv_path.open("w", newline="") as handle:
         rows = write_orders(handle, orders)
+    chunks: list[Path] = []
+    interval_s = chunk_ms / 1000
+    if rate:
+        per_chunk = max(1, round(rate * interval_s))
+        chunks = _split_csv(csv_path, work, per_chunk)
+        interval_s = per_chunk / rate
     with private_server() as url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
         env.update(
@@ -56,64 +297,100 @@ def run(orders: int, procs: int, latency_ms: int) -> dict[str, object]:
             STREAMPROC_DEFAULT_STOCK="10000000",
             STREAMPROC_LOG_LEVEL="WARNING",
         )
-        cli = [sys.executable, "-m", "streamproc"]
-        consumers = [
-            subprocess.Popen([*cli, "consume", "--stage", "all"], env=env) for _ in range(procs)
-        ]
-        try:
-            time.sleep(1.5)  # let the consumers start before the clock does
-            started = time.perf_counter()
-            subprocess.run(
-                [*cli, "ingest", str(csv_path), "--json"],
-                env=env,
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            ingested = time.perf_counter() - started
-            subprocess.run(
-                [*cli, "wait", "--timeout", "3600"], env=env, check=True, stdout=subprocess.DEVNULL
-            )
-            elapsed = time.perf_counter() - started
-        finally:
-            for proc in consumers:
-                proc.terminate()
-            for proc in consumers:
-                proc.wait(30)
+        env.update(extra_env or {})
+        with redis.Redis.from_url(url) as admin:
+            for name, value in (server_config or {}).items():
+                admin.config_set(name, value)
+        m = _drive(url, env, procs, csv_path, chunks, interval_s)
         client = redis.Redis.from_url(url)
         keys = Keys()
         status = collect_status(client, keys)
-        latencies = _latencies_ms(client, keys)
+        commands = _server_commandstats(client, orders)
+        stamps = _histories(client, keys)
         memory = int(client.info("memory")["used_memory"])
-    return {
+        client.close()
+    span_s = (max(s[-1] for s in stamps) - min(s[0] for s in stamps)) / 1000 if stamps else 0.0
+    result: dict[str, Any] = {
         "orders": orders,
         "rows": rows,
         "consumer_processes": procs,
         "gateway_latency_ms": latency_ms,
-        "ingest_seconds": round(ingested, 3),
-        "total_seconds": round(elapsed, 3),
-        "orders_per_s": round(orders / elapsed, 1),
-        "latency_p50_ms": round(_percentile(latencies, 0.5), 1),
-        "latency_p99_ms": round(_percentile(latencies, 0.99), 1),
+        "mode": f"rate {rate}/s in {round(interval_s * 1000)} ms chunks" if rate else "flood",
+        "server_config": server_config or {},
+        "ingest_seconds": round(m.ingest_seconds, 3),
+        "ingest_orders_per_s": round(orders / m.ingest_seconds, 1),
+        "total_seconds": round(m.total_seconds, 3),
+        "orders_per_s": round(orders / m.total_seconds, 1),
+        "orders_per_s_first_ingest_to_last_terminal": round(orders / span_s, 1) if span_s else 0,
+        **_latency_figures(stamps),
+        # The server's own process; its AOF rewrites run in forked children, counted apart (a
+        # rewrite still running when the run ends is not counted).
+        "cpu_seconds": {
+            "server": round(m.cpu_server, 2),
+            "server_aof_rewrites": round(m.cpu_rewrites, 2),
+            "consumers": round(m.cpu_consumers, 2),
+            "ingest": round(m.cpu_ingest, 2),
+        },
+        "cpu_us_per_order": {
+            "server": round(m.cpu_server / orders * 1e6, 1),
+            "server_aof_rewrites": round(m.cpu_rewrites / orders * 1e6, 1),
+            "consumers": round(m.cpu_consumers / orders * 1e6, 1),
+            "ingest": round(m.cpu_ingest / orders * 1e6, 1),
+        },
+        "aof_rewrites": m.aof_rewrites,
+        "server_top_commands": commands,
         "orders_by_state": status.orders,
         "redis_used_memory_bytes": memory,
         "redis_bytes_per_order": round(memory / orders, 1),
     }
+    if rate:
+        result["target_rate"] = rate
+        result["feed_late_max_ms"] = round(m.feed["feed_late_max_ms"], 1)
+    return result
+
+
+def default_name(latency_ms: int, rate: int) -> str:
+    """pipeline, pipeline_latency200, pipeline_rate5000, pipeline_latency200_rate2500."""
+    name = "pipeline"
+    if latency_ms:
+        name += f"_latency{latency_ms}"
+    if rate:
+        name += f"_rate{rate}"
+    return name
 
 
 def main() -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=20_000)
+    parser.add_argument("--orders", type=int, default=200_000)
     parser.add_argument("--procs", type=int, default=2)
-    parser.add_argument("--latency-ms", type=int, default=0)
-    parser.add_argument("--name", default="pipeline")
+    parser.add_argument("--latency-ms", type=int, default=0, help="simulated gateway latency")
+    parser.add_argument("--rate", type=int, default=0, help="orders/s to feed (0: one flood)")
+    parser.add_argument("--chunk-ms", type=int, default=50, help="feeding interval with --rate")
+    parser.add_argument("--name", default=None, help="results/<name>.json (default from options)")
+    parser.add_argument("--output", type=Path, default=None, help="write the JSON here instead")
+    parser.add_argument(
+        "--server-config",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="CONFIG SET on the private server first (repeatable), e.g. to try AOF settings",
+    )
     args = parser.parse_args()
+    config = dict(item.split("=", 1) for item in args.server_config)
     result = {
         "benchmark": "pipeline",
         "machine": machine(),
-        "result": run(args.orders, args.procs, args.latency_ms),
+        "result": run(
+            args.orders,
+            args.procs,
+            args.latency_ms,
+            args.rate,
+            args.chunk_ms,
+            server_config=config,
+        ),
     }
-    save(args.name, result)
+    save(args.name or default_name(args.latency_ms, args.rate), result, args.output)
 
 
 if __name__ == "__main__":

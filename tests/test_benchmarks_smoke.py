@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
+
+from benchmarks.api import missing_tools
 from benchmarks.generate import HEADER, write_orders
 from benchmarks.pipeline import run
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MISSING_LOAD_TOOLS = missing_tools()
 
 
 def test_generator_is_seeded_and_well_formed() -> None:
@@ -30,3 +41,165 @@ def test_pipeline_benchmark_runs_and_every_order_ends_terminal() -> None:
     assert states["total"] == 60
     assert states["completed"] + states["rolled_back"] == 60
     assert float(str(result["orders_per_s"])) > 0
+
+
+def test_pipeline_benchmark_at_a_fixed_rate_measures_latency_and_cpu() -> None:
+    """`--rate`: the orders arrive in chunks on a schedule; latency, CPU and memory are reported."""
+    result = run(orders=120, procs=1, latency_ms=0, rate=400, chunk_ms=50)
+    states = result["orders_by_state"]
+    assert isinstance(states, dict)
+    assert states["total"] == 120
+    assert states["completed"] + states["rolled_back"] == 120
+    assert result["mode"] == "rate 400/s in 50 ms chunks"
+    # 120 orders in chunks of 20 every 50 ms: the feed takes about 0.25 s, not an instant.
+    assert float(str(result["ingest_seconds"])) >= 0.2
+    p50, p99 = float(str(result["latency_p50_ms"])), float(str(result["latency_p99_ms"]))
+    assert 0 <= p50 <= p99 < 10_000
+    cpu = result["cpu_us_per_order"]
+    assert isinstance(cpu, dict)
+    assert cpu["consumers"] > 0 and cpu["server"] >= 0  # /proc ticks are 10 ms
+    assert float(str(result["redis_bytes_per_order"])) > 0
+
+
+@pytest.mark.skipif(
+    bool(MISSING_LOAD_TOOLS),
+    reason=f"{' and '.join(MISSING_LOAD_TOOLS)} not installed (apt-get install wrk hey)",
+)
+@pytest.mark.timeout(240)
+def test_api_benchmark_quick_run_measures_both_endpoints(tmp_path: Path) -> None:
+    """`benchmarks/api.py --quick`: every phase answered 2xx, with positive, ordered figures."""
+    out = tmp_path / "api.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.api", "--quick", "--output", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "targets (warning level)" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["seeded"]["orders_by_state"]["total"] == result["config"]["orders"] == 300
+    assert result["errors"] == []
+    assert [run["log_level"].split()[0] for run in result["runs"]] == ["warning", "info"]
+    for level in result["runs"]:
+        phases = level["phases"]
+        assert set(phases) == {"stats_max", "order_max", "stats_rate", "order_rate"}
+        for phase in phases.values():
+            assert phase["requests"] > 0
+            assert not any(phase["errors"].values())
+            lat = phase["latency_ms"]
+            assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] < 5_000
+            logged_per_request = phase["api_log_lines"] / phase["requests"]
+            if level["log_level"].startswith("info"):
+                assert logged_per_request >= 0.99  # one access line per request
+            else:
+                assert logged_per_request < 0.01
+        for name in ("stats_max", "order_max"):
+            assert phases[name]["requests_per_s"] > 0
+        for name in ("stats_rate", "order_rate"):
+            assert phases[name]["achieved_requests_per_s"] > 0
+
+
+def test_api_benchmark_without_load_tools_exits_2_with_an_install_hint() -> None:
+    """No wrk/hey on PATH: exit 2 and say how to install them, before starting anything."""
+    env = {**os.environ, "PATH": "/nonexistent"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.api", "--quick"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "apt-get install wrk hey" in done.stderr
+
+
+def test_generator_rows_mode_writes_exactly_that_many_rows() -> None:
+    """write_rows: exactly N data rows, the same orders as write_orders up to the cut."""
+    from benchmarks.generate import write_rows
+
+    cut, whole = io.StringIO(), io.StringIO()
+    orders = write_rows(cut, 1001, seed=5)
+    write_orders(whole, orders, seed=5)
+    rows = list(csv.reader(io.StringIO(cut.getvalue())))
+    assert len(rows) == 1002
+    assert len({row[0] for row in rows[1:]}) == orders
+    assert whole.getvalue().startswith(cut.getvalue())
+
+
+def test_ingest_benchmark_quick_run_checks_the_stream(tmp_path: Path) -> None:
+    """`benchmarks/ingest.py --quick`: positive rows/s and RSS, XLEN == imported == generated."""
+    out = tmp_path / "ingest.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ingest", "--quick", "--output", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "peak RSS MiB" in done.stdout
+    [size] = json.loads(out.read_text())["results"]
+    assert size["rows_per_s"] > 0
+    assert size["reported_rows_per_s"] > 0
+    assert size["peak_rss_bytes"] > 1_000_000
+    assert size["xlen_check"] is True
+    assert size["reserve_xlen"] == size["imported"] == size["orders"] > 0
+    assert size["rejected"] == size["duplicates"] == 0
+    assert size["durable"] == {"appendonly": "yes", "appendfsync": "everysec"}
+
+
+def _celery_missing() -> bool:
+    from benchmarks.compare_celery import celery_available
+
+    return not celery_available()
+
+
+@pytest.mark.skipif(_celery_missing(), reason="celery not installed (pip install -e '.[bench]')")
+@pytest.mark.timeout(240)
+def test_compare_celery_quick_run_keeps_the_invariants_on_both_sides(tmp_path: Path) -> None:
+    """`compare_celery.py --quick` with scarce stock: every path taken, every invariant holds."""
+    out = tmp_path / "compare.json"
+    options = ["--quick", "--skus", "20", "--stock", "15", "--output", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare_celery", *options],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for system in ("streamproc", "celery"):
+        figures = result[system]
+        assert figures["invariants_ok"], figures["invariant_problems"]
+        assert figures["orders"] == sum(figures["orders_by_state"].values()) == 200
+        assert figures["orders_by_state"].get("failed", 0) > 0  # out of stock, all or nothing
+        assert figures["orders_by_state"].get("rolled_back", 0) > 0  # declined payments
+        assert figures["orders_per_s"] > 0
+        assert figures["orders_per_s_notified"] > 0
+    assert result["ratio_streamproc_over_celery"] > 0
+
+
+def test_compare_celery_without_celery_exits_2_with_the_install_hint() -> None:
+    """Celery not importable: exit 2 and say how to install the bench extra."""
+    hide = (
+        "import runpy, sys; sys.modules['celery'] = None; "
+        "runpy.run_module('benchmarks.compare_celery', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", hide, "--quick"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "pip install -e '.[bench]'" in done.stderr
