@@ -13,6 +13,7 @@ from streamproc.clock import iso_ms
 from streamproc.keys import Keys
 from streamproc.models import decode_order
 from streamproc.money import format_cents
+from streamproc.orderview import parse_timeline
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _FIELDS = (b"s", b"a", b"d", b"p", b"c", b"u", b"h")
@@ -57,13 +58,8 @@ def _iso(ms: bytes | None) -> str:
 
 def _history(raw: bytes | None) -> str:
     # Stored as state@ms;state@ms; exported with ISO times for people.
-    if not raw:
-        return ""
-    steps = []
-    for step in raw.decode().split(";"):
-        state, _, ms = step.partition("@")
-        steps.append(f"{state}@{_iso(ms.encode())}")
-    return ";".join(steps)
+    steps = parse_timeline(raw.decode()) if raw else []
+    return ";".join(f"{step.state}@{iso_ms(step.at_ms)}" for step in steps)
 
 
 def iter_orders(client: redis.Redis, keys: Keys, page: int = 500) -> Iterator[ExportedOrder]:

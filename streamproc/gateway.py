@@ -81,10 +81,11 @@ class PaymentGateway:
             raw = await self.scripts.run("gateway_charge", keys, args)
         finally:
             self.in_flight -= len(charges)
-        return [_parse(r) for r in raw]
+        return [parse_record(r) for r in raw]
 
 
-def _parse(record: bytes | str) -> ChargeResult:
+def parse_record(record: bytes | str) -> ChargeResult:
+    """A ledger value, `<outcome>:<amount>:<currency>:<ms>`, as a ChargeResult."""
     text = record.decode() if isinstance(record, bytes) else record
     outcome, amount, currency, ms = text.split(":")
     return ChargeResult(outcome == "ok", int(amount), currency, int(ms))

@@ -18,10 +18,23 @@ def script_names() -> tuple[str, ...]:
     return tuple(sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".lua")))
 
 
+INCLUDE = "-- include: "
+
+
 @cache
 def script_source(name: str) -> str:
-    """The text of lua/<name>.lua."""
-    return resources.files("streamproc").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    """The text of lua/<name>.lua, each `-- include: X` line replaced by lua/lib/X.lua.
+
+    Redis scripts cannot load one another, so helpers shared by several scripts are spliced in.
+    """
+    folder = resources.files("streamproc").joinpath("lua")
+    lines = folder.joinpath(f"{name}.lua").read_text("utf-8").splitlines(keepends=True)
+    return "".join(
+        folder.joinpath("lib", f"{line[len(INCLUDE) :].strip()}.lua").read_text("utf-8")
+        if line.startswith(INCLUDE)
+        else line
+        for line in lines
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import redis.asyncio
 
-from streamproc.gateway import idempotency_key
+from streamproc.gateway import idempotency_key, parse_record
 from streamproc.keys import Keys
 from streamproc.models import Order, decode_order
 from streamproc.rawpipe import pipelined
@@ -59,8 +59,14 @@ def parse_timeline(raw: str) -> list[TimelineStep]:
 def _payment(record: bytes | None, charges: bytes | None) -> PaymentRecord:
     if not record:
         return PaymentRecord("", 0, "", 0, int(charges or 0))
-    outcome, amount, currency, ms = text(record).split(":")
-    return PaymentRecord(outcome, int(amount), currency, int(ms), int(charges or 0))
+    result = parse_record(record)
+    return PaymentRecord(
+        "ok" if result.approved else "declined",
+        result.amount_cents,
+        result.currency,
+        result.recorded_ms,
+        int(charges or 0),
+    )
 
 
 async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> StoredOrder | None:

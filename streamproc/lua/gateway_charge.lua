@@ -6,22 +6,7 @@
 -- Returns one string per call: "<outcome>:<amount>:<currency>:<ms>" as first recorded.
 local now, n = ARGV[1], tonumber(ARGV[2])
 
-local function hmget_all(key, fields)
-  local values = {}
-  for i = 1, #fields, 1000 do
-    local part = redis.call("HMGET", key, unpack(fields, i, math.min(i + 999, #fields)))
-    for j = 1, #part do
-      values[i + j - 1] = part[j]
-    end
-  end
-  return values
-end
-
-local function hset_all(key, pairs)
-  for i = 1, #pairs, 1000 do
-    redis.call("HSET", key, unpack(pairs, i, math.min(i + 999, #pairs)))
-  end
-end
+-- include: hash_batch
 
 local keys = {}
 for i = 1, n do

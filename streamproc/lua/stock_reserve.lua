@@ -11,26 +11,7 @@ local policy, default_stock, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 -- Sums above 2^53 would lose digits in Lua numbers: such SKUs are moved with HINCRBY instead.
 local EXACT = 9007199254740992
 
-local function hmget_all(key, fields)
-  local values = {}
-  for i = 1, #fields, 1000 do
-    local part = redis.call("HMGET", key, unpack(fields, i, math.min(i + 999, #fields)))
-    for j = 1, #part do
-      values[i + j - 1] = part[j]
-    end
-  end
-  return values
-end
-
-local function hset_all(key, pairs)
-  for i = 1, #pairs, 1000 do
-    redis.call("HSET", key, unpack(pairs, i, math.min(i + 999, #pairs)))
-  end
-end
-
-local function int(x)
-  return string.format("%.0f", x)
-end
+-- include: hash_batch
 
 -- Parse the batch; look up every reservation key and every SKU once.
 local orders = {}
