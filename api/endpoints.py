@@ -83,11 +83,19 @@ class Endpoint:
     uses_redis: bool = True
     tag: str = "system"
     errors: tuple[int, ...] = field(default=())
+    # Work that legitimately outlasts the per-request Redis deadline (DuckDB scans, a rebuild)
+    # gets a longer one; each Redis command still times out on its own, so an outage is a fast
+    # 503 whatever this says.
+    deadline_ms: int | None = None
 
     @property
     def name(self) -> str:
         """operationId: the handler's name."""
         return getattr(self.handler, "__name__", self.path)
+
+    def deadline_s(self, settings: Settings) -> float:
+        """Seconds the handler may take before a 503: the endpoint's deadline or the setting's."""
+        return max(self.deadline_ms or 0, settings.api_redis_deadline_ms) / 1000
 
     def error_statuses(self) -> list[int]:
         """Every error status this endpoint can answer with (documented in OpenAPI)."""
@@ -123,7 +131,7 @@ class Endpoint:
             call: Call[Any, Any, Any] = Call(request, services, path, query, body)
             if self.uses_redis:
                 try:
-                    async with asyncio.timeout(services.settings.api_redis_deadline_ms / 1000):
+                    async with asyncio.timeout(self.deadline_s(services.settings)):
                         result = await self.handler(call)
                 except (
                     TimeoutError,

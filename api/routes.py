@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from api.endpoints import Endpoint
-from api.handlers import deadletters, orders, streams, system
+from api.handlers import deadletters, kpis, leaderboards, orders, streams, system
+
+# DuckDB over millions of facts can outlast the default Redis deadline on a busy machine, and a
+# rebuild reads the whole store (each Redis command still has the default's socket timeout).
+KPI_DEADLINE_MS = 10_000
+REBUILD_DEADLINE_MS = 120_000
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/api/health", system.health, "Health of Redis, groups and lag",
@@ -20,4 +25,28 @@ ENDPOINTS: list[Endpoint] = [
              "Send a dead letter back to its stage", deadletters.RetryResult,
              path_params=deadletters.DeadLetterPath, auth=True, status=202, tag="dead letters",
              errors=(404, 409)),
+    Endpoint("GET", "/api/kpis/daily", kpis.daily_kpis, "KPIs of one order day",
+             kpis.DailyKpis, query=kpis.DailyQuery, tag="analytics", deadline_ms=KPI_DEADLINE_MS),
+    Endpoint("GET", "/api/kpis/range", kpis.kpi_range, "KPIs of a range of order days, per day",
+             kpis.RangeKpisView, query=kpis.RangeQuery, tag="analytics",
+             deadline_ms=KPI_DEADLINE_MS),
+    Endpoint("GET", "/api/kpis/realtime", kpis.realtime_kpis, "Live counters and today's rate",
+             kpis.RealtimeKpis, query=kpis.CurrencyQuery, tag="analytics"),
+    Endpoint("GET", "/api/customers/{id}", leaderboards.get_customer,
+             "One customer's completed orders and rank", leaderboards.CustomerView,
+             path_params=leaderboards.CustomerPath, query=kpis.CurrencyQuery, tag="leaderboards",
+             errors=(404,)),
+    Endpoint("GET", "/api/leaderboard/customers", leaderboards.customer_board,
+             "Top customers by total spent", leaderboards.CustomerBoard,
+             query=leaderboards.BoardQuery, tag="leaderboards"),
+    Endpoint("GET", "/api/leaderboard/customers/{id}/rank", leaderboards.customer_rank,
+             "One customer's rank by total spent", leaderboards.CustomerRank,
+             path_params=leaderboards.CustomerPath, query=kpis.CurrencyQuery, tag="leaderboards",
+             errors=(404,)),
+    Endpoint("GET", "/api/leaderboard/products", leaderboards.product_board,
+             "Top products by quantity sold", leaderboards.ProductBoard,
+             query=leaderboards.BoardQuery, tag="leaderboards"),
+    Endpoint("POST", "/api/leaderboard/rebuild", leaderboards.rebuild_leaderboards,
+             "Recompute the leaderboards from the snapshot store", leaderboards.RebuildView,
+             auth=True, tag="leaderboards", errors=(409,), deadline_ms=REBUILD_DEADLINE_MS),
 ]  # fmt: skip

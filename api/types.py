@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Literal
 
 import msgspec
 
 from streamproc.clock import iso_ms
+from streamproc.csvreader import MAX_CUSTOMER_ID
 
 OrderId = Annotated[
     str,
@@ -32,7 +34,22 @@ Currency = Annotated[
     ),
 ]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=500, description="an integer from 1 to 500")]
-StageName = Literal["reserve", "payment", "finalize", "rollback", "notify"]
+# msgspec parses RFC 3339 full-dates only: the YYYY-MM-DD shape and a day that exists (no 02-30).
+Day = Annotated[
+    date,
+    msgspec.Meta(description="a calendar date as YYYY-MM-DD", examples=["2025-11-10"]),
+]
+# The range ingest accepts (JSON numbers stay exact up to 2^53 - 1).
+CustomerId = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1,
+        le=MAX_CUSTOMER_ID,
+        description=f"an integer from 1 to {MAX_CUSTOMER_ID}",
+        examples=[501],
+    ),
+]
+StageName = Literal["reserve", "payment", "finalize", "rollback", "notify", "snapshot"]
 Timestamp = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
 
 

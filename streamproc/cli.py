@@ -193,7 +193,9 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[int, int | None], None] |
 
 
 @main.command()
-@click.option("--stage", required=True, help="reserve, payment, finalize, rollback, notify or all.")
+@click.option(
+    "--stage", required=True, help="reserve, payment, finalize, rollback, notify, snapshot or all."
+)
 @click.option("--consumer", help="Consumer name (default: host-pid, unique per process).")
 @click.option(
     "--concurrency",
@@ -482,3 +484,13 @@ def dlq_purge(env: Env, ids: tuple[str, ...], all_: bool, stage: str | None) -> 
     click.echo(f"purged {deleted}")
     if deleted < len(chosen):
         fail(f"{len(chosen) - deleted} id(s) not found", 1)
+
+
+def _register_more() -> None:
+    # The analytics commands live in their own module, which imports this one.
+    from streamproc.cli_analytics import register
+
+    register(main)
+
+
+_register_more()

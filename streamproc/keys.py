@@ -1,7 +1,8 @@
 """Every Redis key and stream name, built in this one module.
 
 Keys carry hash tags so each multi-key script touches one slot (Redis Cluster ready):
-  {ns}        the pipeline: stage streams, order hashes, state counters, dead letters
+  {ns}        the pipeline: stage streams, order hashes, state counters, dead letters, and the
+              analytics that change with it (leaderboards, snapshot manifest, KPI cache)
   {ns:stock}  the stock catalogue and per-order reservation records
   {ns:gw}     the payment gateway's ledger
 A script never mixes two tags; effects across tags are idempotent steps keyed by order id.
@@ -11,7 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STAGES: tuple[str, ...] = ("reserve", "payment", "finalize", "rollback", "notify")
+STAGES: tuple[str, ...] = ("reserve", "payment", "finalize", "rollback", "notify", "snapshot")
+
+# The four keys of one currency's leaderboards, by suffix (see Keys.leaderboard).
+BOARDS: tuple[str, ...] = ("customers", "customer_info", "products", "product_info")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,56 @@ class Keys:
     def notification_leases(self) -> str:
         """Hash notification id → owner|expiry: who may send it right now."""
         return f"{self._pipe}:notifications:leases"
+
+    def throughput(self, second: int) -> str:
+        """Counter of orders reaching a terminal state in one epoch second (expires in minutes)."""
+        return f"{self._pipe}:tput:{second}"
+
+    # -- analytics (same slot: kept by the pipeline's scripts) ---------------------------------
+    @property
+    def snapshot_files(self) -> str:
+        """Hash file name → JSON about it: the snapshot store's manifest (what readers list)."""
+        return f"{self._pipe}:analytics:files"
+
+    @property
+    def snapshot_version(self) -> str:
+        """Counter bumped whenever the manifest gains facts (cache entries carry it)."""
+        return f"{self._pipe}:analytics:version"
+
+    @property
+    def snapshot_trash(self) -> str:
+        """Sorted set file name → ms it left the manifest (deleted from disk a while later)."""
+        return f"{self._pipe}:analytics:trash"
+
+    @property
+    def kpi_cache(self) -> str:
+        """Hash `<version>|<query>` → cached KPI JSON; deleted when a snapshot lands."""
+        return f"{self._pipe}:kpi:cache"
+
+    def leaderboard(self, currency: str, board: str, staging: bool = False) -> str:
+        """One of a currency's leaderboard keys (`board` from BOARDS); `staging` = a rebuild's.
+
+        customers: zset customer id → total spent (cents); customer_info: hash `<id>:n` orders,
+        `<id>:name`, `<id>:first` first order date, `<id>:k` `<order_date>|<order_id>` of the last
+        order; products: zset SKU → units sold; product_info: hash `<sku>:r` revenue (cents),
+        `<sku>:n` orders, `<sku>:name`, `<sku>:k`. The scripts build these names from
+        leaderboard_prefix, so the two must agree.
+        """
+        return f"{self.leaderboard_prefix(staging)}{currency}:{board}"
+
+    def leaderboard_prefix(self, staging: bool = False) -> str:
+        """Start of every leaderboard key name (the live boards, or a rebuild's staging copy)."""
+        return f"{self._pipe}:{'lbnext' if staging else 'lb'}:"
+
+    def leaderboard_currencies(self, staging: bool = False) -> str:
+        """Set of the currencies that have leaderboards."""
+        return f"{self.leaderboard_prefix(staging)}currencies"
+
+    @property
+    def leaderboard_rebuild(self) -> str:
+        """Marker (with a TTL) while a rebuild runs: completions also go to the staging boards,
+        and the snapshot stage holds new files back so the rebuild's source stays fixed."""
+        return f"{self._pipe}:lb:rebuild"
 
     # -- stock slot ----------------------------------------------------------------------------
     @property

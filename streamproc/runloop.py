@@ -148,7 +148,7 @@ class RunLoop:
                 log.warning(
                     "%s: read failed (%s); retrying in %.2fs", self.stream.stage, exc, delay
                 )
-                await _sleep_or_stop(stop, delay)
+                await sleep_or_stop(stop, delay)
                 continue
             backoff.reset()
             if batch:
@@ -158,7 +158,7 @@ class RunLoop:
         period_s = max(0.05, self.claim_idle_ms / 2000)
         cursor = b"0-0"
         while not stop.is_set():
-            await _sleep_or_stop(stop, period_s)
+            await sleep_or_stop(stop, period_s)
             if stop.is_set() or self.in_flight >= self.concurrency:
                 continue
             try:
@@ -183,7 +183,7 @@ class RunLoop:
         # replaced); forgetting them keeps XINFO CONSUMERS bounded.
         forget_ms = max(60_000, 4 * self.claim_idle_ms)
         while not stop.is_set():
-            await _sleep_or_stop(stop, TRIM_INTERVAL_S)
+            await sleep_or_stop(stop, TRIM_INTERVAL_S)
             try:
                 await self.stream.trim(forget_ms)
             except ServerError as exc:
@@ -355,6 +355,7 @@ class RunLoop:
         self.outcomes["dead_lettered"] += 1
 
 
-async def _sleep_or_stop(stop: asyncio.Event, delay_s: float) -> None:
+async def sleep_or_stop(stop: asyncio.Event, delay_s: float) -> None:
+    """Sleep for delay_s, or less when `stop` is set meanwhile."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=delay_s)

@@ -61,6 +61,9 @@ class Settings:
     batch_size: int = 200
     block_ms: int = 1_000
     notifications_log: Path | None = None
+    analytics_dir: Path | None = None
+    snapshot_interval_ms: int = 1_000
+    snapshot_max_rows: int = 100_000
     # Bearer token for the API's write endpoints; None keeps them disabled. Never printed.
     api_token: str | None = field(default=None, repr=False)
     api_max_body_bytes: int = 65_536
@@ -81,6 +84,7 @@ class Settings:
             raise ConfigError(f"STREAMPROC_NAMESPACE={namespace!r}: use letters, digits, - or _")
         home = Path(_str(env, "STREAMPROC_HOME", ".streamproc"))
         log = env.get("STREAMPROC_NOTIFICATIONS_LOG", "").strip()
+        analytics = env.get("STREAMPROC_ANALYTICS_DIR", "").strip()
         return cls(
             redis_url=env.get("STREAMPROC_REDIS_URL", "").strip() or None,
             namespace=namespace,
@@ -97,10 +101,18 @@ class Settings:
             batch_size=_int(env, "STREAMPROC_BATCH_SIZE", 200, 1, 10_000),
             block_ms=_int(env, "STREAMPROC_BLOCK_MS", 1_000, 1, 60_000),
             notifications_log=Path(log) if log else None,
+            analytics_dir=Path(analytics) if analytics else None,
+            snapshot_interval_ms=_int(env, "STREAMPROC_SNAPSHOT_INTERVAL_MS", 1_000, 10, 3_600_000),
+            snapshot_max_rows=_int(env, "STREAMPROC_SNAPSHOT_MAX_ROWS", 100_000, 1, 10_000_000),
             api_token=env.get("STREAMPROC_API_TOKEN", "").strip() or None,
             api_max_body_bytes=_int(env, "STREAMPROC_API_MAX_BODY_BYTES", 65_536, 1, 64 << 20),
             api_redis_deadline_ms=_int(env, "STREAMPROC_API_REDIS_DEADLINE_MS", 500, 50, 60_000),
         )
+
+    @property
+    def analytics_path(self) -> Path:
+        """The snapshot store's directory (one per namespace)."""
+        return self.analytics_dir or self.home_dir / "analytics" / self.namespace
 
     @property
     def notifications_log_path(self) -> Path:

@@ -38,6 +38,8 @@ class Message:
     order: Order | None
     error: str = ""
     deliveries: int = 1
+    # The order reached a terminal state before this one (entry field r=1, set on terminal fan-out).
+    prior: bool = False
 
     @property
     def reservation_key(self) -> str:
@@ -89,7 +91,8 @@ def parse_entry(msg_id: bytes, fields: dict[bytes, bytes] | list[bytes]) -> Mess
     except (KeyError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         return Message(msg_id, order_id, 1, "", None, f"undecodable entry: {exc}")
     state = fields.get(b"s", b"").decode("ascii", "replace")
-    return Message(msg_id, order_id or order.order_id, attempt, state, order)
+    prior = fields.get(b"r") == b"1"
+    return Message(msg_id, order_id or order.order_id, attempt, state, order, prior=prior)
 
 
 def _group_specs(keys: Keys) -> list[tuple[str, str]]:
@@ -131,15 +134,17 @@ class StageStream:
         self.group = keys.group(stage)
         self._outputs = outputs_of(stage)
         self._output_keys = [keys.stream(s) for s in self._outputs]
-        # commit.lua always takes two output KEYS; pad with the source stream (never written).
-        while len(self._output_keys) < 2:
-            self._output_keys.append(self.stream)
         self._order_prefix = keys.order("")
         # This stage's transitions as commit.lua takes them (to_state, next stage, outputs), and
         # per outcome: its 1-based number there and whether the order completes (its revenue is
         # counted).
         mine = [(o, t) for (source, o), t in TRANSITIONS.items() if source == stage]
-        self._transitions: list[Any] = [len(mine)]
+        self._transitions: list[Any] = [
+            len(self._outputs),
+            keys.leaderboard_prefix(),
+            keys.leaderboard_prefix(staging=True),
+            len(mine),
+        ]
         self._plan: dict[str, tuple[int, bool]] = {}
         # Outcomes that only ack (notify): a batch of nothing else is one XACK, no script.
         self._ack_only = {o for o, t in mine if not t.to_state}
@@ -197,7 +202,11 @@ class StageStream:
             self.keys.stream("notify"),
         ]
         now = now_ms()
-        keys.append(self.keys.day(utc_day(now)))
+        keys += (
+            self.keys.day(utc_day(now)),
+            self.keys.stream("snapshot"),
+            self.keys.throughput(now // 1000),
+        )
         payload = b"" if message.order is None else encode_order(message.order)
         args = [
             self.group,
@@ -286,6 +295,8 @@ class StageStream:
             self.keys.state_counts,
             *self._output_keys,
             self.keys.day(utc_day(now)),
+            self.keys.throughput(now // 1000),
+            self.keys.leaderboard_rebuild,
         ]
         args: list[Any] = [self.group, self.stage, now, len(decisions), *self._transitions]
         plan, prefix = self._plan, self._order_prefix

@@ -11,7 +11,8 @@ from streamproc.status import Status
 from streamproc.stock import StockRow
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print rows under a header, columns aligned (the first left, the rest right)."""
     cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for row in cells:
@@ -25,7 +26,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
 
 def print_status(status: Status) -> None:
     """Stages, orders by state, dead letters and stock."""
-    _table(
+    table(
         ["stage", "length", "lag", "pending", "consumers", "oldest_pending_ms"],
         [
             [name, s.length, s.lag, s.pending, s.consumers, s.oldest_pending_ms]
@@ -33,9 +34,9 @@ def print_status(status: Status) -> None:
         ],
     )
     click.echo("")
-    _table(["state", "orders"], list(status.orders.items()))
+    table(["state", "orders"], list(status.orders.items()))
     click.echo(f"\ndead letters: {status.dead_letters}\n")
-    _table(
+    table(
         ["sku", "available", "reserved", "committed"],
         [[sku, s.available, s.reserved, s.committed] for sku, s in status.stock.items()],
     )
@@ -43,7 +44,7 @@ def print_status(status: Status) -> None:
 
 def print_stock(rows: Sequence[StockRow]) -> None:
     """The stock catalogue."""
-    _table(
+    table(
         ["sku", "name", "initial", "available", "reserved", "committed"],
         [[r.sku, r.name, r.initial, r.available, r.reserved, r.committed] for r in rows],
     )
@@ -54,7 +55,7 @@ def print_dead_letters(letters: Sequence[DeadLetter]) -> None:
     if not letters:
         click.echo("no dead letters")
         return
-    _table(
+    table(
         ["id", "stage", "order", "deliveries", "error"],
         [[d.id, d.stage, d.order_id, d.deliveries, d.error[:80]] for d in letters],
     )

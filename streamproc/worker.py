@@ -9,6 +9,8 @@ import os
 import signal
 import socket
 
+from streamproc.analytics.snapshotter import SnapshotLoop
+from streamproc.analytics.store import FactStore
 from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.errors import ServerError
@@ -71,9 +73,13 @@ async def run_worker(
         await client.aclose()
 
 
-def _loop(ctx: StageContext, stage: str, consumer: str, concurrency: int | None) -> RunLoop:
+def _loop(
+    ctx: StageContext, stage: str, consumer: str, concurrency: int | None
+) -> RunLoop | SnapshotLoop:
     keys: Keys = ctx.keys
     stream = StageStream(ctx.client, ctx.scripts, keys, stage, consumer)
+    if stage == "snapshot":
+        return SnapshotLoop(ctx, stream, FactStore(ctx.settings.analytics_path))
     batch = ctx.settings.batch_size
     return RunLoop(
         stream,

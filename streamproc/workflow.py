@@ -17,7 +17,7 @@ class Transition:
 
 
 # Terminal orders fan out to these stages (each with its own idempotency).
-TERMINAL_OUTPUTS: tuple[str, ...] = ("notify",)
+TERMINAL_OUTPUTS: tuple[str, ...] = ("notify", "snapshot")
 
 TRANSITIONS: dict[tuple[str, str], Transition] = {
     ("reserve", "reserved"): Transition(RESERVED, "payment", ("payment",)),

@@ -39,7 +39,7 @@ from schemathesis.checks import (
 from schemathesis.config import HealthCheck
 from schemathesis.schemas import BaseSchema
 
-from tests.api_support import LiveApi
+from tests.api_support import LiveApi, keep_ranges_in_bounds
 from tests.helpers import REPO_ROOT
 from tests.support import KEYS, Pipeline, cli, export
 
@@ -92,6 +92,7 @@ def live(sp_env: dict[str, str], tmp_path: Path) -> Iterator[Live]:
         schema.config.update(
             base_url=api.url, request_timeout=10, suppress_health_check=[HealthCheck.too_slow]
         )
+        keep_ranges_in_bounds(schema)
         schema.config.generation.update(
             modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
             max_examples=MAX_EXAMPLES,

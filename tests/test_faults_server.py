@@ -293,7 +293,7 @@ def test_paused_payment_consumer_is_fenced(fleet: Fleet, r: redis.Redis, tmp_pat
     orders_csv = write_orders(
         tmp_path / "orders.csv", [one_line(f"F{i:03d}", "SKU-F", 1) for i in range(count)]
     )
-    for stage in ("reserve", "finalize", "rollback", "notify"):
+    for stage in ("reserve", "finalize", "rollback", "notify", "snapshot"):
         fleet.start(stage, stage)
     first = fleet.start("payment-a", "payment", consumer="payment-a")
     for stage in STAGES:

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 import redis
 
@@ -54,6 +55,11 @@ from tests.support import (
 
 KEYS = Keys()
 POINTS = ("before_effect", "after_effect", "after_commit")
+# The snapshot stage is a sink with its own loop and its own fault points.
+SNAPSHOT_POINTS = ("mid_write", "before_register")
+FAULT_CASES = [(stage, point) for stage in STAGES if stage != "snapshot" for point in POINTS] + [
+    ("snapshot", point) for point in SNAPSHOT_POINTS
+]
 ORDER_COUNT = 200
 ORDERS_SEED = 2025
 PAYMENT_SEED = 17
@@ -157,6 +163,10 @@ def assert_fault_point_reached(r: redis.Redis, stage: str, point: str, consumer:
         return  # its batch was committed and acked: nothing of it is left to look at
     owned = victim_pending_orders(r, stage, consumer)
     assert owned, f"{consumer} died owning nothing at {point}"
+    if stage == "snapshot":
+        # Written (before_register: the file is in place) but never registered.
+        assert r.hlen(KEYS.snapshot_files) == 0, r.hkeys(KEYS.snapshot_files)
+        return
     applied = [order_id for order_id in owned if effect_applied(r, stage, order_id)]
     if point == "before_effect":
         assert applied == [], f"effects applied before {point}: {applied}"
@@ -168,8 +178,7 @@ def assert_fault_point_reached(r: redis.Redis, stage: str, point: str, consumer:
             assert r.hget(KEYS.order(order_id), "k") == stage, order_id
 
 
-@pytest.mark.parametrize("point", POINTS)
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize(("stage", "point"), FAULT_CASES)
 def test_consumer_killed_at_fault_point_is_replaced_without_loss_or_repeat(
     stage: str,
     point: str,
@@ -210,6 +219,24 @@ def test_consumer_killed_at_fault_point_is_replaced_without_loss_or_repeat(
     # The victim's entries were all reclaimed by the replacement.
     owners = {c["name"]: c["pending"] for c in r.xinfo_consumers(KEYS.stream(stage), stage)}
     assert owners.get(victim, 0) == 0, owners
+    # Every terminal order is in the analytics store exactly once, with its final state.
+    assert_store_holds_each_once(r, env, {oid: o["state"] for oid, o in orders.items()})
+
+
+def assert_store_holds_each_once(
+    r: redis.Redis, env: dict[str, str], states: dict[str, str]
+) -> None:
+    """The registered snapshot files hold one fact per terminal order, in its final state."""
+    names = r.hkeys(KEYS.snapshot_files)
+    assert names, "no snapshot file registered"
+    root = Path(env["STREAMPROC_HOME"]) / "analytics" / KEYS.namespace
+    files = [str(root / name) for name in names]
+    rows = (
+        duckdb.connect().execute("SELECT order_id, state FROM read_parquet(?)", [files]).fetchall()
+    )
+    ids = [order_id for order_id, _ in rows]
+    assert len(ids) == len(set(ids)), "a fact was stored twice"
+    assert dict(rows) == states
 
 
 # --- poison entries and the dlq commands -------------------------------------------------------

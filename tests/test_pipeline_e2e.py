@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from streamproc.keys import STAGES
 from tests.helpers import REPO_ROOT, stop_procs
 from tests.invariants import assert_pipeline_invariants, order_ids_in, write_products
 from tests.support import (
@@ -116,7 +117,7 @@ def test_no_oversell_with_four_reserve_consumers(pipeline: Pipeline, tmp_path: P
         # Consumers first, reading one entry at a time, then orders one per server call: the four
         # reserve processes really compete for the same ten units.
         pipeline.start("reserve", 4)
-        for stage in ("payment", "finalize", "rollback", "notify"):
+        for stage in ("payment", "finalize", "rollback", "notify", "snapshot"):
             pipeline.start(stage)
         pipeline.wait_registered("reserve", 4)
         cli(["ingest", str(orders_csv), "--batch-size", "1"], env)
@@ -180,9 +181,9 @@ def test_five_thousand_orders_two_consumers_per_stage(pipeline: Pipeline, tmp_pa
 
     # Consumers first (small batches, so the two of each stage share the work), then the import
     # streams in while they run.
-    for stage in ("reserve", "payment", "finalize", "rollback", "notify"):
+    for stage in STAGES:
         pipeline.start(stage, 2)
-    for stage in ("reserve", "payment", "finalize", "rollback", "notify"):
+    for stage in STAGES:
         pipeline.wait_registered(stage, 2)
     ingested = json.loads(cli(["ingest", str(orders_csv), "--json"], env).stdout)
     assert (ingested["imported"], ingested["rejected"], ingested["duplicates"]) == (total, 0, 0)

@@ -3,25 +3,36 @@
 -- A transition is applied only while the order still waits for this stage in this attempt
 -- (field k = stage, field a = attempt): a replayed or stale message is just acked (fencing).
 -- An item with an empty to_state is ack-only (stages with no state change, e.g. notify).
+-- A completion is added to the leaderboards in the same step, so they count each order exactly
+-- once; while a rebuild runs (its marker key exists) it is added to the staging boards as well.
+-- A terminal order's entries carry r=1 when the order reached a terminal state before (it was
+-- re-submitted or its dead letter retried), so the analytics keep only its latest outcome.
 -- Per order it costs one HMGET, one HSET and one XADD per output; the acks, the state counters and
 -- the day's counters are written once per batch. Should a call fail half-way, everything decided
 -- before the failure is still acked and counted before the error is returned, so a retry finds
 -- those messages stale and the counters right.
--- KEYS[1] source stream   KEYS[2] state counts   KEYS[3], KEYS[4] output streams 1 and 2
--- KEYS[5] today's counters hash (terminal states, and revenue per currency of completed orders)
--- KEYS[5+i] order hash of the i-th item
--- ARGV[1] group   ARGV[2] stage   ARGV[3] now (ms)   ARGV[4] count n
--- ARGV[5] number of transitions t, then 3 per transition: to_state, next stage ("" when
---         terminal), outputs ("", "1", "2" or "12")
+-- KEYS[1] source stream   KEYS[2] state counts   KEYS[3 .. 2+m] output streams 1..m
+-- KEYS[3+m] today's counters hash (terminal states, and revenue per currency of completed orders)
+-- KEYS[4+m] this second's throughput counter   KEYS[5+m] leaderboard rebuild marker
+-- KEYS[5+m+i] order hash of the i-th item
+-- ARGV[1] group   ARGV[2] stage   ARGV[3] now (ms)   ARGV[4] count n   ARGV[5] outputs m
+-- ARGV[6] leaderboard key prefix   ARGV[7] staging leaderboard key prefix
+-- ARGV[8] number of transitions t, then 3 per transition: to_state, next stage ("" when
+--         terminal), outputs ("", or digits 1..m)
 -- then 6 per item: msg id, order id, attempt, transition (1..t), note (stored in field p when
 --                  not ""), revenue ("<currency>:<cents>" for a completion, else "")
 -- Returns one integer per item: 1 applied, 0 stale (acked only), -1 order missing (not acked).
+-- include: leaderboard
 local group, stage, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local m, lb_live, lb_staging = tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local K_DAY, K_TPUT, K_REBUILD, K_ORDERS = 3 + m, 4 + m, 5 + m, 5 + m
 local transitions = {}
-for t = 1, tonumber(ARGV[5]) do
-  transitions[t] = { ARGV[3 + 3 * t], ARGV[4 + 3 * t], ARGV[5 + 3 * t] }
+for t = 1, tonumber(ARGV[8]) do
+  transitions[t] = { ARGV[6 + 3 * t], ARGV[7 + 3 * t], ARGV[8 + 3 * t] }
 end
-local first = 5 + 3 * #transitions
+local first = 8 + 3 * #transitions
+local rebuilding -- looked up at the first completion
+local terminals = 0
 local terminal = { completed = true, failed = true, rolled_back = true }
 -- Revenue is summed per currency in Lua numbers while they stay exact (below 2^53 cents).
 local EXACT = 9007199254740992
@@ -48,12 +59,23 @@ local function apply()
       acks[#acks + 1] = msg
       out[i] = 1
     else
-      local key = KEYS[5 + i]
+      local key = KEYS[K_ORDERS + i]
       local cur = redis.call("HMGET", key, "s", "a", "k", "d", "h")
       if not cur[1] then
         out[i] = -1
       else
         if cur[3] == stage and cur[2] == attempt then
+          -- The leaderboards first: decoding the payload is what can fail, and then the order
+          -- must stay as it was.
+          if to_state == "completed" then
+            if rebuilding == nil then
+              rebuilding = redis.call("EXISTS", KEYS[K_REBUILD]) == 1
+            end
+            lb_add_order(lb_live, cur[4])
+            if rebuilding then
+              lb_add_order(lb_staging, cur[4])
+            end
+          end
           local note, history = ARGV[b + 5], (cur[5] or "") .. ";" .. to_state .. "@" .. now
           if note ~= "" then
             redis.call("HSET", key, "s", to_state, "k", transition[2], "u", now, "h", history,
@@ -62,16 +84,24 @@ local function apply()
             redis.call("HSET", key, "s", to_state, "k", transition[2], "u", now, "h", history)
           end
           local outputs = transition[3]
+          local prior = terminal[to_state] and (attempt ~= "1" or
+            string.find(cur[5] or "", "dead_lettered@", 1, true))
           for j = 1, #outputs do
             local target = KEYS[2 + tonumber(string.sub(outputs, j, j))]
-            redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
-              "d", cur[4])
+            if prior then
+              redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
+                "d", cur[4], "r", "1")
+            else
+              redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
+                "d", cur[4])
+            end
           end
           if cur[1] ~= to_state then
             count(moves, moved, cur[1], -1)
             count(moves, moved, to_state, 1)
           end
           if terminal[to_state] then
+            terminals = terminals + 1
             count(day, day_fields, to_state, 1)
             local revenue = ARGV[b + 6]
             if revenue ~= "" then
@@ -83,7 +113,7 @@ local function apply()
                 count(day, day_fields, field, tonumber(cents))
               else
                 -- pcall: an absurd total overflowing the day's 64-bit sum must not fail the batch.
-                redis.pcall("HINCRBY", KEYS[5], field, cents)
+                redis.pcall("HINCRBY", KEYS[K_DAY], field, cents)
               end
             end
           end
@@ -108,9 +138,13 @@ for _, state in ipairs(moved) do
 end
 if #day_fields > 0 then
   for _, field in ipairs(day_fields) do
-    redis.pcall("HINCRBY", KEYS[5], field, string.format("%.0f", day[field]))
+    redis.pcall("HINCRBY", KEYS[K_DAY], field, string.format("%.0f", day[field]))
   end
-  redis.call("EXPIRE", KEYS[5], 691200, "NX")
+  redis.call("EXPIRE", KEYS[K_DAY], 691200, "NX")
+end
+if terminals > 0 then
+  redis.call("INCRBY", KEYS[K_TPUT], terminals)
+  redis.call("EXPIRE", KEYS[K_TPUT], 300)
 end
 if not ok then
   error(err)

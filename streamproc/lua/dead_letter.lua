@@ -1,9 +1,11 @@
 -- dead_letter.lua: move one message of a stage to the dead-letter stream, atomically with its ack.
 -- When the order still waits for this stage in this attempt, it becomes dead_lettered (terminal):
 -- its state before is kept in the dead letter (field prev) so `dlq retry` can restore it, and it
--- is enqueued for notify like any terminal order.
+-- is enqueued for notify and snapshot like any terminal order (with r=1 when it was terminal
+-- before, as commit.lua does).
 -- KEYS[1] source stream  KEYS[2] dead-letter stream  KEYS[3] state counts  KEYS[4] order hash
--- KEYS[5] notify stream  KEYS[6] today's counters hash
+-- KEYS[5] notify stream  KEYS[6] today's counters hash  KEYS[7] snapshot stream
+-- KEYS[8] this second's throughput counter
 -- ARGV[1] group  ARGV[2] msg id  ARGV[3] stage  ARGV[4] deliveries  ARGV[5] last error
 -- ARGV[6] order id  ARGV[7] attempt  ARGV[8] payload ("" when unusable)  ARGV[9] now (ms)
 -- ARGV[10] the state the message carried (kept so a retry re-sends it unchanged)
@@ -22,7 +24,14 @@ if oid ~= "" then
       "h", (cur[4] or "") .. ";dead_lettered@" .. now)
     redis.call("HINCRBY", KEYS[3], prev, -1)
     redis.call("HINCRBY", KEYS[3], "dead_lettered", 1)
-    redis.call("XADD", KEYS[5], "*", "o", oid, "a", attempt, "s", "dead_lettered", "d", payload)
+    local fields = { "o", oid, "a", attempt, "s", "dead_lettered", "d", payload }
+    if attempt ~= "1" or string.find(cur[4] or "", "dead_lettered@", 1, true) then
+      fields[9], fields[10] = "r", "1"
+    end
+    redis.call("XADD", KEYS[5], "*", unpack(fields))
+    redis.call("XADD", KEYS[7], "*", unpack(fields))
+    redis.call("INCRBY", KEYS[8], 1)
+    redis.call("EXPIRE", KEYS[8], 300)
     redis.call("HINCRBY", KEYS[6], "dead_lettered", 1)
     redis.call("EXPIRE", KEYS[6], 691200, "NX")
   end

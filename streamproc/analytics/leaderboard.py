@@ -1,0 +1,134 @@
+"""Reading the leaderboards: top customers and products of a currency, one customer's standing.
+
+The boards are sorted sets kept by commit.lua as orders complete (see keys.Keys.leaderboard), so
+a top-N read is O(log n + N) and a rank O(log n). Equal scores rank by member, descending as
+text (Redis's order for ZREVRANGE).
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import msgspec
+import redis.asyncio as aredis
+
+from streamproc.analytics.kpis import average_cents
+from streamproc.keys import Keys
+
+
+class CustomerEntry(msgspec.Struct):
+    """One row of the customer board (money in cents)."""
+
+    rank: int
+    customer_id: int
+    customer_name: str
+    order_count: int
+    total_spent_cents: int
+
+
+class ProductEntry(msgspec.Struct):
+    """One row of the product board (money in cents)."""
+
+    rank: int
+    product_sku: str
+    product_name: str
+    total_quantity: int
+    total_revenue_cents: int
+    order_count: int
+
+
+class CustomerStanding(msgspec.Struct):
+    """One customer's completed orders in one currency, and their rank by total spent."""
+
+    customer_id: int
+    customer_name: str
+    currency: str
+    order_count: int
+    total_spent_cents: int
+    average_order_value_cents: int
+    first_order: str
+    last_order: str
+    rank: int
+    customers_ranked: int
+
+
+def _s(value: bytes | None) -> str:
+    return value.decode() if value else ""
+
+
+async def _top(client: aredis.Redis, board: str, limit: int) -> list[tuple[bytes, float]]:
+    rows = await client.zrevrange(board, 0, limit - 1, withscores=True)
+    return cast(list[tuple[bytes, float]], rows)
+
+
+async def _hmget(client: aredis.Redis, key: str, fields: list[str]) -> list[bytes | None]:
+    return cast(list[bytes | None], await client.hmget(key, fields))
+
+
+async def top_customers(
+    client: aredis.Redis, keys: Keys, currency: str, limit: int
+) -> list[CustomerEntry]:
+    """The `limit` customers with the highest total spent."""
+    rows = await _top(client, keys.leaderboard(currency, "customers"), limit)
+    if not rows:
+        return []
+    fields = [f"{m.decode()}:{f}" for m, _ in rows for f in ("n", "name")]
+    info = await _hmget(client, keys.leaderboard(currency, "customer_info"), fields)
+    return [
+        CustomerEntry(rank, int(member), _s(info[2 * i + 1]), int(info[2 * i] or 0), int(score))
+        for i, (rank, (member, score)) in enumerate(enumerate(rows, start=1))
+    ]
+
+
+async def top_products(
+    client: aredis.Redis, keys: Keys, currency: str, limit: int
+) -> list[ProductEntry]:
+    """The `limit` products with the most units sold."""
+    rows = await _top(client, keys.leaderboard(currency, "products"), limit)
+    if not rows:
+        return []
+    fields = [f"{m.decode()}:{f}" for m, _ in rows for f in ("name", "r", "n")]
+    info = await _hmget(client, keys.leaderboard(currency, "product_info"), fields)
+    return [
+        ProductEntry(
+            rank,
+            member.decode(),
+            _s(info[3 * i]),
+            int(score),
+            int(info[3 * i + 1] or 0),
+            int(info[3 * i + 2] or 0),
+        )
+        for i, (rank, (member, score)) in enumerate(enumerate(rows, start=1))
+    ]
+
+
+async def customer_standing(
+    client: aredis.Redis, keys: Keys, currency: str, customer_id: int
+) -> CustomerStanding | None:
+    """One customer's figures and rank; None when they have no completed order in `currency`."""
+    board = keys.leaderboard(currency, "customers")
+    member = str(customer_id)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.zscore(board, member)
+        pipe.zrevrank(board, member)
+        pipe.zcard(board)
+        pipe.hmget(
+            keys.leaderboard(currency, "customer_info"),
+            [f"{member}:{f}" for f in ("n", "name", "first", "k")],
+        )
+        score, rank, size, (orders, name, first, last_key) = await pipe.execute()
+    if score is None or rank is None:
+        return None
+    spent, count = int(score), int(orders or 0)
+    return CustomerStanding(
+        customer_id=customer_id,
+        customer_name=_s(name),
+        currency=currency,
+        order_count=count,
+        total_spent_cents=spent,
+        average_order_value_cents=average_cents(spent, count),
+        first_order=_s(first),
+        last_order=_s(last_key).partition("|")[0],
+        rank=int(rank) + 1,
+        customers_ranked=int(size),
+    )

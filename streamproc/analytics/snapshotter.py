@@ -1,0 +1,293 @@
+"""The snapshot stage: append terminal orders from the facts stream to the store, exactly once.
+
+Entries are gathered until `snapshot_max_rows` of them or `snapshot_interval_ms` have passed,
+written as one Parquet file, and registered together with their acks (snapshot_register.lua).
+A crash anywhere before registration leaves the entries pending (reclaimed and written again)
+and at worst an unregistered file, which readers never see and housekeeping deletes. Small files
+are merged in the background; replaced files are deleted after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+from streamproc.analytics.facts import fact_of
+from streamproc.analytics.store import (
+    TEMP_DIR,
+    TRASH_GRACE_S,
+    FactStore,
+    FileInfo,
+    Snapshot,
+    encode_info,
+    load_manifest,
+)
+from streamproc.clock import now_ms
+from streamproc.context import StageContext
+from streamproc.errors import ServerError
+from streamproc.faults import die_now, fault_point
+from streamproc.replies import id_key, text
+from streamproc.runloop import TRANSIENT, Backoff, sleep_or_stop
+from streamproc.transport import Message, StageStream
+
+log = logging.getLogger("streamproc.snapshot")
+
+READ_COUNT = 5_000
+HOUSEKEEPING_S = 1.0
+COMPACT_EVERY_S = 5.0
+# Files below this many facts are merged once there are COMPACT_MIN_FILES of them, into files of
+# up to COMPACT_TARGET_ROWS facts: few files keep queries fast, and a merge stays a few seconds.
+COMPACT_SMALL_ROWS = 250_000
+COMPACT_MIN_FILES = 8
+COMPACT_TARGET_ROWS = 1_000_000
+HELD_RETRY_S = 0.25
+
+
+class SnapshotLoop:
+    """Same interface as RunLoop (run, fatal, outcomes) for the snapshot stage."""
+
+    def __init__(
+        self, ctx: StageContext, stream: StageStream, store: FactStore, one_shot: bool = False
+    ) -> None:
+        self.ctx = ctx
+        self.stream = stream
+        self.store = store
+        self.one_shot = one_shot
+        settings = ctx.settings
+        self.max_rows = settings.snapshot_max_rows
+        # Entries wait in the buffer for up to the interval: well under the reclaim time, or a
+        # peer would take over entries this live consumer is about to write.
+        self.interval_s = min(settings.snapshot_interval_ms, settings.claim_idle_ms // 3) / 1000
+        self.claim_idle_ms = settings.claim_idle_ms
+        self.max_deliveries = settings.max_deliveries
+        self.block_ms = settings.block_ms
+        self.fatal: ServerError | None = None
+        self.outcomes: dict[str, int] = {"facts": 0, "files": 0, "dead_lettered": 0}
+        self._buffer: dict[bytes, Message] = {}
+        self._fault = fault_point("snapshot")
+        self._compaction: asyncio.Task[None] | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Gather, write and register until `stop` (or, one-shot, until nothing is left)."""
+        self.store.prepare()
+        helper = None if self.one_shot else asyncio.create_task(self._housekeeping(stop))
+        try:
+            await self._take(await self._own_pending())
+            await self._loop(stop)
+        except ServerError as exc:
+            self.fatal = exc
+        finally:
+            if helper is not None:
+                helper.cancel()
+                await asyncio.gather(helper, return_exceptions=True)
+            if self._compaction is not None:
+                await asyncio.gather(self._compaction, return_exceptions=True)
+        if self.one_shot and self.fatal is None:
+            await self.compact()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        backoff = Backoff()
+        started = time.monotonic()
+        last_reclaim = time.monotonic()
+        while not stop.is_set():
+            try:
+                if time.monotonic() - last_reclaim > self.claim_idle_ms / 2000:
+                    last_reclaim = time.monotonic()
+                    await self._reclaim()
+                full = len(self._buffer) >= self.max_rows
+                due = self._buffer and time.monotonic() - started >= self.interval_s
+                if full or due:
+                    await self._flush(stop)
+                    started = time.monotonic()
+                    continue
+                if self.one_shot:
+                    got = await self.stream.read(self._room(), None)
+                    if not got:
+                        if not self._buffer:
+                            return
+                        # Again until empty: a refused registration re-takes what is still ours.
+                        await self._flush(stop)
+                        continue
+                else:
+                    wait_s = self.interval_s - (time.monotonic() - started)
+                    block = self.block_ms if not self._buffer else max(1, int(wait_s * 1000))
+                    got = await self.stream.read(self._room(), block)
+                    if not self._buffer:
+                        started = time.monotonic()
+                await self._take(got)
+                backoff.reset()
+            except TRANSIENT as exc:
+                delay = backoff.next()
+                log.warning("snapshot: %s; retrying in %.2fs", exc, delay)
+                await sleep_or_stop(stop, delay)
+        if self._buffer:
+            # Stopping: what is gathered is written now rather than reclaimed later.
+            with contextlib.suppress(*TRANSIENT):
+                await self._flush(stop)
+
+    def _room(self) -> int:
+        return max(1, min(READ_COUNT, self.max_rows - len(self._buffer)))
+
+    async def _own_pending(self) -> list[Message]:
+        # Entries this consumer name read before (a restart, or a refused registration).
+        found: list[Message] = []
+        cursor = b"0"
+        while batch := await self.stream.read_pending(READ_COUNT, cursor):
+            cursor = batch[-1].msg_id
+            found += batch
+        return found
+
+    async def _reclaim(self) -> None:
+        cursor = b"0-0"
+        while True:
+            cursor, batch = await self.stream.claim_idle(self.claim_idle_ms, READ_COUNT, cursor)
+            if batch:
+                log.info("snapshot: reclaimed %d idle entries", len(batch))
+                await self.stream.delivery_counts(batch)
+                await self._take(batch)
+            if cursor in (b"0-0", "0-0") or not batch:
+                return
+
+    async def _take(self, messages: Iterable[Message]) -> None:
+        for message in messages:
+            if message.order is None:
+                await self._dead_letter(message, message.error)
+                continue
+            if message.deliveries > self.max_deliveries:
+                # Not dead-lettered: a fact is only ever re-delivered because a writer died, and
+                # one batch-mate cannot be told from another; sending them all to the dead-letter
+                # stream would take them out of the KPIs. An operator should look, though.
+                log.warning(
+                    "snapshot: entry %s delivered %d times (writers keep dying?)",
+                    text(message.msg_id),
+                    message.deliveries,
+                )
+            self._buffer[message.msg_id] = message
+
+    async def _dead_letter(self, message: Message, error: str) -> None:
+        log.error("snapshot: dead-lettering entry %s: %s", text(message.msg_id), error)
+        await self.stream.dead_letter(message, error)
+        self._buffer.pop(message.msg_id, None)
+        self.outcomes["dead_lettered"] += 1
+
+    async def _flush(self, stop: asyncio.Event) -> None:
+        messages = sorted(self._buffer.values(), key=lambda m: id_key(m.msg_id))
+        facts = [fact_of(m) for m in messages]
+        last_id = text(messages[-1].msg_id)
+        on_half = die_now if self._fault == "mid_write" else None
+        name, info = await asyncio.to_thread(self.store.write, facts, last_id, on_half)
+        if self._fault == "before_register":
+            die_now()
+        ids = [m.msg_id for m in messages]
+        while True:
+            status, version = await self._register(name, info, ids)
+            if status == "ok":
+                self._buffer.clear()
+                self.outcomes["facts"] += len(facts)
+                self.outcomes["files"] += 1
+                log.info("snapshot: %s holds %d facts (version %s)", name, len(facts), version)
+                return
+            if status == "conflict" or stop.is_set():
+                # Another consumer registered some of these first, or we are stopping while a
+                # rebuild holds registration: drop the file; what is still ours is re-read.
+                self.store.delete(name)
+                self._buffer.clear()
+                if status == "conflict":
+                    log.warning("snapshot: entries of %s were taken over; rewriting", name)
+                    await self._take(await self._own_pending())
+                return
+            await asyncio.sleep(HELD_RETRY_S)  # held by a leaderboard rebuild
+
+    async def _register(self, name: str, info: FileInfo, ids: list[bytes]) -> tuple[str, int]:
+        keys = self.ctx.keys
+        reply = await self.ctx.scripts.run(
+            "snapshot_register",
+            [
+                self.stream.stream,
+                keys.snapshot_files,
+                keys.snapshot_version,
+                keys.kpi_cache,
+                keys.leaderboard_rebuild,
+            ],
+            [self.stream.group, self.stream.consumer, name, encode_info(info), *ids],
+        )
+        return text(reply[0]), int(reply[1])
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        forget_ms = max(60_000, 4 * self.claim_idle_ms)
+        last_compact = time.monotonic()
+        while not stop.is_set():
+            await sleep_or_stop(stop, HOUSEKEEPING_S)
+            try:
+                await self.stream.trim(forget_ms)
+                if time.monotonic() - last_compact >= COMPACT_EVERY_S:
+                    last_compact = time.monotonic()
+                    if self._compaction is None or self._compaction.done():
+                        self._compaction = asyncio.create_task(self.compact())
+            except ServerError as exc:
+                self.fatal = exc
+                stop.set()
+                return
+            except TRANSIENT as exc:
+                log.debug("snapshot: housekeeping skipped (%s)", exc)
+
+    async def compact(self) -> None:
+        """Merge small files, then delete replaced files past their grace and old orphans."""
+        try:
+            snapshot = await load_manifest(self.ctx.client, self.ctx.keys)
+            for group in plan_compaction(snapshot):
+                await self._merge(snapshot, group)
+            await self._collect_garbage()
+        except TRANSIENT as exc:
+            log.warning("snapshot: compaction skipped (%s)", exc)
+
+    async def _merge(self, snapshot: Snapshot, names: list[str]) -> None:
+        infos = [snapshot.files[n] for n in names]
+        name, info = await asyncio.to_thread(self.store.merge, names, infos)
+        keys = self.ctx.keys
+        status = text(
+            await self.ctx.scripts.run(
+                "snapshot_compact",
+                [keys.snapshot_files, keys.snapshot_trash, keys.leaderboard_rebuild],
+                [name, encode_info(info), now_ms(), *names],
+            )
+        )
+        if status != "ok":
+            self.store.delete(name)
+            return
+        log.info("snapshot: merged %d files (%d facts) into %s", len(names), info.rows, name)
+
+    async def _collect_garbage(self) -> None:
+        client, keys = self.ctx.client, self.ctx.keys
+        cutoff = now_ms() - int(TRASH_GRACE_S * 1000)
+        for raw in await client.zrangebyscore(keys.snapshot_trash, "-inf", cutoff):
+            name = text(raw)
+            self.store.delete(name)
+            await client.zrem(keys.snapshot_trash, name)
+        known = set((await load_manifest(self.ctx.client, self.ctx.keys)).files)
+        known.update(text(n) for n in await client.zrange(keys.snapshot_trash, 0, -1))
+        for rel in self.store.orphans(known):
+            log.warning("snapshot: removing unregistered file %s", rel)
+            path = self.store.root / rel
+            if rel.startswith(TEMP_DIR + "/") or rel.startswith("facts-"):
+                path.unlink(missing_ok=True)
+
+
+def plan_compaction(snapshot: Snapshot) -> list[list[str]]:
+    """Groups of small files to merge (oldest first), each up to COMPACT_TARGET_ROWS facts."""
+    small = sorted(n for n, i in snapshot.files.items() if i.rows < COMPACT_SMALL_ROWS)
+    if len(small) < COMPACT_MIN_FILES:
+        return []
+    groups: list[list[str]] = [[]]
+    rows = 0
+    for name in small:
+        size = snapshot.files[name].rows
+        if groups[-1] and rows + size > COMPACT_TARGET_ROWS:
+            groups.append([])
+            rows = 0
+        groups[-1].append(name)
+        rows += size
+    return [g for g in groups if len(g) > 1]
