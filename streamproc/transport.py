@@ -159,6 +159,22 @@ class StageStream:
         """New entries for this consumer, waiting up to block_ms for some to arrive."""
         return await self._read_group(">", count, block_ms)
 
+    async def read_raw(self, count: int, block_ms: int | None) -> list[tuple[bytes, Any]]:
+        """New entries as the server sent them: (id, flat field list) pairs, nothing decoded."""
+        try:
+            reply = await self.client.xreadgroup(
+                self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            _raise_if_lost(exc, self.stream)
+            raise
+        raw: Any = reply
+        if not raw:
+            return []
+        if isinstance(raw, dict):  # RESP3: {stream: [entries]}
+            raw = list(raw.items())
+        return [(msg_id, fields) for _stream, entries in raw for msg_id, fields in entries]
+
     async def read_pending(self, count: int, after: bytes = b"0") -> list[Message]:
         """This consumer's own unacked entries with ids above `after` (after a restart)."""
         return await self._read_group(after, count, None)

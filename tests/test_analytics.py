@@ -31,7 +31,7 @@ import msgspec
 import pytest
 import redis
 
-from streamproc.analytics.facts import Fact, seq_of
+from streamproc.analytics.facts import seq_of
 from streamproc.analytics.kpis import RangeKpis, day_range, range_kpis
 from streamproc.analytics.leaderboard import customer_standing, top_customers, top_products
 from streamproc.analytics.snapshotter import SnapshotLoop
@@ -350,14 +350,14 @@ class GatedStore(FactStore):
         self.entered = threading.Event()
         self.go = threading.Event()
 
-    def write(
-        self, facts: Sequence[Fact], last_id: str, on_half: Callable[[], None] | None = None
+    def write_rows(
+        self, rows: Sequence[bytes], last_id: str, on_half: Callable[[], None] | None = None
     ) -> tuple[str, FileInfo]:
         """Stop until `go`, once; then write as usual."""
         if not self.entered.is_set():
             self.entered.set()
             assert self.go.wait(20), "the test never let the paused writer go on"
-        return super().write(facts, last_id, on_half)
+        return super().write_rows(rows, last_id, on_half)
 
 
 def race_order(n: int) -> Order:

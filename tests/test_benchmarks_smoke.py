@@ -203,3 +203,134 @@ def test_compare_celery_without_celery_exits_2_with_the_install_hint() -> None:
     )
     assert done.returncode == 2
     assert "pip install -e '.[bench]'" in done.stderr
+
+
+@pytest.mark.timeout(90)
+def test_analytics_benchmark_quick_run_reports_every_figure(tmp_path: Path) -> None:
+    """`benchmarks/analytics.py --quick`: every figure present and positive, every check true."""
+    out = tmp_path / "analytics.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.analytics", "--quick", "--output", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "targets" in done.stdout
+    result = json.loads(out.read_text())
+    config = result["config"]
+    kpis = result["kpis"]
+    assert [s["files"] for s in kpis["stores"]] == [1, 8]
+    assert kpis["layouts_agree"] is True
+    for store in kpis["stores"]:
+        assert store["rows"] == config["orders"]
+        for name in (
+            "year_query_range_ms",
+            "year_range_kpis_uncached_ms",
+            "year_range_kpis_cached_ms",
+            "day_query_range_ms",
+            "day_range_kpis_uncached_ms",
+        ):
+            figure = store[name]
+            assert 0 < figure["p50"] <= figure["p90"] <= figure["max"], name
+        check = store["day_check"]
+        assert check["matches"] is True and check["queried"] == check["recomputed"]
+        year = store["year"]
+        assert 0 < year["order_count"] < config["orders"] and year["failed_count"] > 0
+    board = result["leaderboard"]
+    assert board["customers"] == config["customers"]
+    assert board["check"]["matches"] is True
+    for name in ("customer_standing_ms", "zrevrank_ms", "top_customers_10_ms"):
+        assert 0 < board[name]["p50"] <= board[name]["p99"] <= board[name]["max"], name
+    snap = result["snapshot"]
+    assert snap["complete"] is True
+    assert snap["facts_written"] == snap["manifest_rows"] == config["facts"]
+    assert snap["files_written"] >= 1 and snap["pending_after"] == 0
+    assert snap["facts_per_s"] > 0 and snap["peak_rss_bytes"] > 1_000_000
+    assert snap["snapshot_max_rows"] == 100_000  # the default, reported with the figure
+    assert set(snap["entries_by_state"]) == {"completed", "failed", "rolled_back"}
+    assert len(result["verdicts"]) == 5
+    assert all(isinstance(v["met"], bool) for v in result["verdicts"])
+
+
+# day, order_id, seq, state, customer_id, total_cents, items, prior, sum of the lines' amounts
+FactRow = tuple[str, str, int, str, int, int, int, bool, int]
+
+
+def _plain_day_kpis(rows: list[FactRow]) -> dict[str, tuple[int, int, int, int, int]]:
+    """(revenue, orders, customers, items, failed) per day, by hand: completed facts count;
+    an order counts as failed when its latest fact is not completed."""
+    out: dict[str, tuple[int, int, int, int, int]] = {}
+    latest: dict[str, tuple[int, str, str]] = {}
+    for day, order_id, seq, state, *_ in rows:
+        if order_id not in latest or seq > latest[order_id][0]:
+            latest[order_id] = (seq, state, day)
+    failed: dict[str, int] = {}
+    for _, state, day in latest.values():
+        if state != "completed":
+            failed[day] = failed.get(day, 0) + 1
+    for day in {row[0] for row in rows} | set(failed):
+        done = [r for r in rows if r[0] == day and r[3] == "completed"]
+        out[day] = (
+            sum(r[5] for r in done),
+            len(done),
+            len({r[4] for r in done}),
+            sum(r[6] for r in done),
+            failed.get(day, 0),
+        )
+    return out
+
+
+def test_analytics_benchmark_store_is_what_the_snapshot_stage_writes(tmp_path: Path) -> None:
+    """The generated store has FactStore's exact schema and realistic mix, and query_range over
+    it agrees with a plain recomputation on every day (so the benchmark times a correct query)."""
+    import duckdb
+
+    from benchmarks.analytics import write_store
+    from streamproc.analytics.facts import Fact, FactLine
+    from streamproc.analytics.kpis import query_range
+    from streamproc.analytics.store import FactStore, Snapshot, source_sql
+
+    files = write_store(tmp_path / "store", 4_000, 3, seed=11)
+    assert len(files) == 3 and sum(i.rows for i in files.values()) == 4_000
+    paths = sorted(str(tmp_path / "store" / name) for name in files)
+    line = FactLine("SKU-1", "One", 2, 500)
+    fact = Fact(1, "o", 1, "completed", False, 5, "n", "USD", "2025-01-01", "x", 500, 2, [line], 1)
+    ref_name, _ = FactStore(tmp_path / "ref").write([fact], "1-0")
+    con = duckdb.connect(":memory:")
+
+    def schema(path: str) -> list[tuple[object, ...]]:
+        return con.execute(f"DESCRIBE SELECT * FROM {source_sql([path])}").fetchall()  # noqa: S608
+
+    reference = schema(str(tmp_path / "ref" / ref_name))
+    assert all(schema(p) == reference for p in paths)
+
+    rows: list[FactRow] = con.execute(
+        "SELECT day::VARCHAR, order_id, seq, state, customer_id, total_cents, items, prior, "  # noqa: S608
+        f"list_sum([x.amount_cents for x in lines]) FROM {source_sql(paths)}"
+    ).fetchall()
+    assert all(r[5] == r[8] for r in rows)  # totals are the sum of the lines
+    completed = sum(1 for r in rows if r[3] == "completed")
+    assert 0.85 < completed / len(rows) < 0.95
+    assert 0.01 < sum(1 for r in rows if r[7]) / len(rows) < 0.05  # re-submissions
+    assert len({r[0] for r in rows}) > 300  # a year of order days
+
+    expected = _plain_day_kpis(rows)
+    snapshot = Snapshot(1, files)
+    got = query_range(snapshot, paths, "USD", "2025-01-01", "2025-12-31")
+    assert len(got.days) == 365
+    for day in got.days:
+        figures = expected.get(day.date, (0, 0, 0, 0, 0))
+        assert (
+            day.total_revenue_cents,
+            day.order_count,
+            day.unique_customers,
+            day.items_sold,
+            day.failed_count,
+        ) == figures, day.date
+    assert got.failed_count == sum(f[4] for f in expected.values())
+    # Some failures were overridden by a later completed re-submission: the prior logic matters.
+    plain_failed = sum(1 for r in rows if r[3] != "completed")
+    assert got.failed_count < plain_failed

@@ -1,7 +1,8 @@
 """KPIs by order day and currency, computed with DuckDB over the snapshot store, cached in Redis.
 
 Only `completed` orders count towards revenue, orders, customers and items; `failed_count` counts
-orders whose latest outcome is failed, rolled_back or dead_lettered. A cached answer is keyed by
+orders whose latest outcome is failed, rolled_back or dead_lettered (an order re-submitted or
+retried has several facts; see query_range). A cached answer is keyed by
 the manifest version it was computed from, and a new snapshot deletes the cache.
 """
 
@@ -49,6 +50,23 @@ class RangeKpis(msgspec.Struct):
     cached: bool = False
 
 
+# Each query reads only the columns it names from the listed files.
+PER_DAY_SQL = """
+SELECT day, sum(total_cents), count(*), count(DISTINCT customer_id), sum(items) FROM {src}
+WHERE state = 'completed' AND currency = ? AND day BETWEEN ?::DATE AND ?::DATE GROUP BY day
+"""
+CUSTOMERS_SQL = """
+SELECT count(DISTINCT customer_id) FROM {src}
+WHERE state = 'completed' AND currency = ? AND day BETWEEN ?::DATE AND ?::DATE
+"""
+# failed_count: orders whose latest fact is a failure. Every fact flagged `prior` supersedes
+# exactly one earlier fact of its order (same day and currency), and that one is a failure
+# (completed is final), so the count is failures minus prior facts: one scan, no join.
+FAILED_SQL = """
+SELECT day, count(*) FILTER (WHERE state <> 'completed') - count(*) FILTER (WHERE prior) FROM {src}
+WHERE currency = ? AND day BETWEEN ?::DATE AND ?::DATE GROUP BY day
+"""
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(RangeKpis)
 
@@ -66,14 +84,10 @@ def query_range(
     unique = 0
     if root_paths:
         cur = Duck.cursor()
-        src = source_sql(root_paths)
-        where = "currency = ? AND day BETWEEN ?::DATE AND ?::DATE"
+        src = source_sql(root_paths)  # the file list is ours, quoted there
         params = [currency, start, end]
-        # Each query reads few columns; the file list is ours (see store.source_sql).
         for day, revenue, orders, customers, items in cur.execute(
-            f"SELECT day, sum(total_cents), count(*), count(DISTINCT customer_id), sum(items) "  # noqa: S608
-            f"FROM {src} WHERE state = 'completed' AND {where} GROUP BY day",
-            params,
+            PER_DAY_SQL.format(src=src), params
         ).fetchall():
             per_day[str(day)] = DayKpis(
                 str(day),
@@ -83,23 +97,11 @@ def query_range(
                 int(customers),
                 int(items),
             )
-        row = cur.execute(
-            f"SELECT count(DISTINCT customer_id) FROM {src} "  # noqa: S608
-            f"WHERE state = 'completed' AND {where}",
-            params,
-        ).fetchone()
+        row = cur.execute(CUSTOMERS_SQL.format(src=src), params).fetchone()
         unique = int(row[0]) if row else 0
-        # A failure counts unless a later fact of the same order exists (re-submitted or
-        # retried); only facts flagged `prior` can be such a later fact, so that side is small.
-        for day, failed in cur.execute(
-            f"SELECT f.day, count(*) FROM {src} f "  # noqa: S608
-            "WHERE f.state <> 'completed' AND f.currency = ? "
-            "AND f.day BETWEEN ?::DATE AND ?::DATE "
-            f"AND NOT EXISTS (SELECT 1 FROM {src} g "
-            f"WHERE g.prior AND g.order_id = f.order_id AND g.seq > f.seq) GROUP BY f.day",
-            params,
-        ).fetchall():
-            per_day.setdefault(str(day), DayKpis(str(day))).failed_count = int(failed)
+        for day, failed in cur.execute(FAILED_SQL.format(src=src), params).fetchall():
+            if failed:
+                per_day.setdefault(str(day), DayKpis(str(day))).failed_count = int(failed)
     days = [per_day.get(d, DayKpis(d)) for d in day_range(start, end)]
     revenue = sum(d.total_revenue_cents for d in days)
     orders = sum(d.order_count for d in days)

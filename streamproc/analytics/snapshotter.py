@@ -14,8 +14,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 
-from streamproc.analytics.facts import fact_of
+from streamproc.analytics.facts import row_of_entry, row_of_message
 from streamproc.analytics.store import (
     TEMP_DIR,
     TRASH_GRACE_S,
@@ -31,7 +32,7 @@ from streamproc.errors import ServerError
 from streamproc.faults import die_now, fault_point
 from streamproc.replies import id_key, text
 from streamproc.runloop import TRANSIENT, Backoff, sleep_or_stop
-from streamproc.transport import Message, StageStream
+from streamproc.transport import Message, StageStream, parse_entry
 
 log = logging.getLogger("streamproc.snapshot")
 
@@ -66,9 +67,12 @@ class SnapshotLoop:
         self.block_ms = settings.block_ms
         self.fatal: ServerError | None = None
         self.outcomes: dict[str, int] = {"facts": 0, "files": 0, "dead_lettered": 0}
-        self._buffer: dict[bytes, Message] = {}
+        # Entry id → its NDJSON row (facts.fact_row); the highest id names the file.
+        self._buffer: dict[bytes, bytes] = {}
         self._fault = fault_point("snapshot")
         self._compaction: asyncio.Task[None] | None = None
+        # The file being written and registered while the next batch is read (one at a time).
+        self._flushing: asyncio.Task[None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Gather, write and register until `stop` (or, one-shot, until nothing is left)."""
@@ -83,8 +87,9 @@ class SnapshotLoop:
             if helper is not None:
                 helper.cancel()
                 await asyncio.gather(helper, return_exceptions=True)
-            if self._compaction is not None:
-                await asyncio.gather(self._compaction, return_exceptions=True)
+            for task in (self._flushing, self._compaction):
+                if task is not None:
+                    await asyncio.gather(task, return_exceptions=True)
         if self.one_shot and self.fatal is None:
             await self.compact()
 
@@ -98,14 +103,20 @@ class SnapshotLoop:
                     last_reclaim = time.monotonic()
                     await self._reclaim()
                 full = len(self._buffer) >= self.max_rows
-                due = self._buffer and time.monotonic() - started >= self.interval_s
+                # One-shot: files as big as allowed; the interval only bounds a live stage's lag.
+                due = (
+                    not self.one_shot
+                    and self._buffer
+                    and time.monotonic() - started >= self.interval_s
+                )
                 if full or due:
                     await self._flush(stop)
                     started = time.monotonic()
                     continue
                 if self.one_shot:
-                    got = await self.stream.read(self._room(), None)
+                    got = await self.stream.read_raw(self._room(), None)
                     if not got:
+                        await self._settle_flush()
                         if not self._buffer:
                             return
                         # Again until empty: a refused registration re-takes what is still ours.
@@ -114,19 +125,21 @@ class SnapshotLoop:
                 else:
                     wait_s = self.interval_s - (time.monotonic() - started)
                     block = self.block_ms if not self._buffer else max(1, int(wait_s * 1000))
-                    got = await self.stream.read(self._room(), block)
+                    got = await self.stream.read_raw(self._room(), block)
                     if not self._buffer:
                         started = time.monotonic()
-                await self._take(got)
+                await self._take_raw(got)
                 backoff.reset()
             except TRANSIENT as exc:
                 delay = backoff.next()
                 log.warning("snapshot: %s; retrying in %.2fs", exc, delay)
                 await sleep_or_stop(stop, delay)
-        if self._buffer:
-            # Stopping: what is gathered is written now rather than reclaimed later.
-            with contextlib.suppress(*TRANSIENT):
+        # Stopping: what is gathered is written now rather than reclaimed later.
+        with contextlib.suppress(*TRANSIENT):
+            await self._settle_flush()
+            if self._buffer:
                 await self._flush(stop)
+                await self._settle_flush()
 
     def _room(self) -> int:
         return max(1, min(READ_COUNT, self.max_rows - len(self._buffer)))
@@ -151,10 +164,27 @@ class SnapshotLoop:
             if cursor in (b"0-0", "0-0") or not batch:
                 return
 
+    async def _take_raw(self, entries: list[tuple[bytes, Any]]) -> None:
+        buffer = self._buffer
+        odd: list[Message] = []
+        for msg_id, fields in entries:
+            row = row_of_entry(msg_id, fields) if isinstance(fields, list) else None
+            if row is None:
+                odd.append(parse_entry(msg_id, fields or []))  # says what is wrong, or is fine
+            else:
+                buffer[msg_id] = row
+        if odd:
+            await self._take(odd)
+
     async def _take(self, messages: Iterable[Message]) -> None:
         for message in messages:
             if message.order is None:
                 await self._dead_letter(message, message.error)
+                continue
+            try:
+                row = row_of_message(message)
+            except ValueError as exc:
+                await self._dead_letter(message, str(exc))
                 continue
             if message.deliveries > self.max_deliveries:
                 # Not dead-lettered: a fact is only ever re-delivered because a writer died, and
@@ -165,7 +195,7 @@ class SnapshotLoop:
                     text(message.msg_id),
                     message.deliveries,
                 )
-            self._buffer[message.msg_id] = message
+            self._buffer[message.msg_id] = row
 
     async def _dead_letter(self, message: Message, error: str) -> None:
         log.error("snapshot: dead-lettering entry %s: %s", text(message.msg_id), error)
@@ -174,27 +204,46 @@ class SnapshotLoop:
         self.outcomes["dead_lettered"] += 1
 
     async def _flush(self, stop: asyncio.Event) -> None:
-        messages = sorted(self._buffer.values(), key=lambda m: id_key(m.msg_id))
-        facts = [fact_of(m) for m in messages]
-        last_id = text(messages[-1].msg_id)
+        """Hand the buffer to a background write and start a new one: reading the next batch
+        overlaps writing this one (DuckDB works in a thread, outside the GIL)."""
+        await self._settle_flush()
+        batch, self._buffer = self._buffer, {}
+        self._flushing = asyncio.create_task(self._write_and_register(batch, stop))
+
+    async def _settle_flush(self) -> None:
+        """Wait for the write in flight; its error (if any) surfaces here."""
+        if self._flushing is not None:
+            task, self._flushing = self._flushing, None
+            await task
+
+    async def _write_and_register(self, batch: dict[bytes, bytes], stop: asyncio.Event) -> None:
+        try:
+            await self._write_batch(batch, stop)
+        except TRANSIENT:
+            # Still pending and ours: back into the buffer for the next file.
+            for msg_id, row in batch.items():
+                self._buffer.setdefault(msg_id, row)
+            raise
+
+    async def _write_batch(self, batch: dict[bytes, bytes], stop: asyncio.Event) -> None:
+        ids = list(batch)
+        last_id = text(max(ids, key=id_key))
         on_half = die_now if self._fault == "mid_write" else None
-        name, info = await asyncio.to_thread(self.store.write, facts, last_id, on_half)
+        rows = list(batch.values())
+        name, info = await asyncio.to_thread(self.store.write_rows, rows, last_id, on_half)
         if self._fault == "before_register":
             die_now()
-        ids = [m.msg_id for m in messages]
         while True:
             status, version = await self._register(name, info, ids)
             if status == "ok":
-                self._buffer.clear()
-                self.outcomes["facts"] += len(facts)
+                self.outcomes["facts"] += len(ids)
                 self.outcomes["files"] += 1
-                log.info("snapshot: %s holds %d facts (version %s)", name, len(facts), version)
+                log.info("snapshot: %s holds %d facts (version %s)", name, len(ids), version)
                 return
             if status == "conflict" or stop.is_set():
                 # Another consumer registered some of these first, or we are stopping while a
                 # rebuild holds registration: drop the file; what is still ours is re-read.
                 self.store.delete(name)
-                self._buffer.clear()
                 if status == "conflict":
                     log.warning("snapshot: entries of %s were taken over; rewriting", name)
                     await self._take(await self._own_pending())

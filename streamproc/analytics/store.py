@@ -25,7 +25,7 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 
-from streamproc.analytics.facts import COLUMNS, Fact
+from streamproc.analytics.facts import COLUMNS, FACTS_FROM_ROWS, ROW_COLUMNS, SEQ_BITS, Fact
 from streamproc.keys import Keys
 
 PREFIX = "facts-"
@@ -69,6 +69,9 @@ class Snapshot:
         """Facts in the store."""
         return sum(info.rows for info in self.files.values())
 
+
+# What the manifest records of a new file (from the Parquet metadata: no data is read).
+SPAN_SQL = "SELECT count(*), min(day)::VARCHAR, max(day)::VARCHAR FROM {source}"
 
 _info_decoder = msgspec.json.Decoder(FileInfo)
 _encoder = msgspec.json.Encoder()
@@ -157,23 +160,44 @@ class FactStore:
     def write(
         self, facts: Sequence[Fact], last_id: str, on_half: Callable[[], None] | None = None
     ) -> tuple[str, FileInfo]:
-        """Write facts to a new file in place (not yet registered); returns its name and info."""
+        """Write Fact structs to a new file in place (not registered); returns its name, info."""
+        columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
+        return self._write(
+            _encoder.encode_lines(facts), "SELECT * FROM {source}", columns, last_id, on_half
+        )
+
+    def write_rows(
+        self, rows: Sequence[bytes], last_id: str, on_half: Callable[[], None] | None = None
+    ) -> tuple[str, FileInfo]:
+        """Write facts.fact_row rows (DuckDB derives the facts) to a new file; its name, info."""
+        return self._write(b"".join(rows), FACTS_FROM_ROWS, ROW_COLUMNS, last_id, on_half)
+
+    def _write(
+        self,
+        ndjson_data: bytes,
+        select: str,
+        columns: str,
+        last_id: str,
+        on_half: Callable[[], None] | None,
+    ) -> tuple[str, FileInfo]:
         self.prepare()
         token = uuid.uuid4().hex
         ndjson = self.temp / f"{token}.ndjson"
         parquet = self.temp / f"{token}{SUFFIX}"
         try:
-            with ndjson.open("wb") as out:
-                out.write(_encoder.encode_lines(facts))
+            ndjson.write_bytes(ndjson_data)
             if on_half is not None:
                 on_half()
-            columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
+            source = f"read_json({quote(ndjson)}, format='newline_delimited', columns={columns})"
+            cur = Duck.cursor()
             # COPY takes no parameters; every name here is ours (uuid temp names, quoted).
-            Duck.cursor().execute(
-                f"COPY (SELECT * FROM read_json({quote(ndjson)}, format='newline_delimited', "  # noqa: S608
-                f"columns={columns}) ORDER BY day, customer_id) "
+            cur.execute(
+                f"COPY ({select.format(source=source, bits=SEQ_BITS)} ORDER BY day, customer_id) "
                 f"TO {quote(parquet)} (FORMAT parquet, COMPRESSION zstd)"
             )
+            rows, min_day, max_day = cur.execute(
+                SPAN_SQL.format(source=source_sql([str(parquet)]))
+            ).fetchone() or (0, "", "")
             _fsync(parquet)
             name = file_name(last_id)
             os.replace(parquet, self.root / name)
@@ -181,11 +205,8 @@ class FactStore:
         finally:
             ndjson.unlink(missing_ok=True)
             parquet.unlink(missing_ok=True)
-        days = [f.day for f in facts]
-        info = FileInfo(
-            len(facts), min(days), max(days), last_id, (self.root / name).stat().st_size
-        )
-        return name, info
+        size = (self.root / name).stat().st_size
+        return name, FileInfo(int(rows), str(min_day), str(max_day), last_id, size)
 
     def merge(self, names: Sequence[str], infos: Sequence[FileInfo]) -> tuple[str, FileInfo]:
         """Write one file holding every fact of `names` (sorted by day); returns its name, info."""
