@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -74,6 +75,40 @@ class Pipeline:
             assert proc.poll() is None, f"a consumer died during the run:\n{self.logs()}"
         codes = stop_procs(self.procs)
         assert codes == [0] * len(codes), f"consumer exit codes {codes}\n{self.logs()}"
+
+
+class Fleet(Pipeline):
+    """Pipeline with named consumers, each with its own extra environment."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        super().__init__(env, log_dir)
+        self.dead: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, stage: str, consumer: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        """Start `consume --stage STAGE --consumer NAME` with extra environment variables."""
+        proc = spawn_cli(
+            ["consume", "--stage", stage, "--consumer", consumer],
+            dict(self.env, **extra_env),
+            log_path=self.log_dir / f"consume-{len(self.procs) + len(self.dead)}-{consumer}.log",
+        )
+        self.procs.append(proc)
+        return proc
+
+    def wait_killed(self, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+        """The fault hook must fire: the process dies of SIGKILL (and leaves the running set)."""
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the fault never fired within {timeout_s} s\n{self.logs()}")
+        assert code == -signal.SIGKILL, f"exit {code}, not SIGKILL\n{self.logs()}"
+        self.procs.remove(proc)
+        self.dead.append(proc)
+
+    def drain(self, timeout_s: float) -> None:
+        """wait_drained (every running consumer stops cleanly), then forget the stopped ones."""
+        self.wait_drained(timeout_s)
+        self.dead.extend(self.procs)
+        self.procs.clear()
 
 
 def wait_consumers_registered(

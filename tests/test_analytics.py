@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import random
-import signal
 import subprocess
 import threading
 import time
@@ -43,9 +42,10 @@ from streamproc.keys import BOARDS, STAGES, Keys
 from streamproc.models import Line, Order, encode_order
 from streamproc.settings import Settings
 from streamproc.transport import StageStream, ensure_groups
-from tests.helpers import spawn_cli, stop_procs
+from tests.helpers import stop_procs
 from tests.invariants import order_ids_in, split_orders_csv, write_products
-from tests.support import TERMINAL, Pipeline, cli, export, status_json, write_orders
+from tests.support import TERMINAL, cli, export, status_json, write_orders
+from tests.support import Fleet as SupportFleet
 
 KEYS = Keys()
 T = TypeVar("T")
@@ -458,27 +458,8 @@ def test_racing_snapshot_writers_register_each_fact_once(
 # --- a large run with re-submissions, as real processes ---------------------------------------
 
 
-class Fleet(Pipeline):
-    """Pipeline with named consumers, each with its own extra environment."""
-
-    def spawn(self, stage: str, consumer: str, **extra_env: str) -> subprocess.Popen[bytes]:
-        """Start `consume --stage STAGE --consumer NAME` with extra environment variables."""
-        proc = spawn_cli(
-            ["consume", "--stage", stage, "--consumer", consumer],
-            dict(self.env, **extra_env),
-            log_path=self.log_dir / f"consume-{len(self.procs)}-{consumer}.log",
-        )
-        self.procs.append(proc)
-        return proc
-
-    def wait_killed(self, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-        """The fault hook must fire: the process dies of SIGKILL (and leaves the running set)."""
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the fault never fired within {timeout_s} s\n{self.logs()}")
-        assert code == -signal.SIGKILL, f"exit {code}, not SIGKILL\n{self.logs()}"
-        self.procs.remove(proc)
+class Fleet(SupportFleet):
+    """The shared Fleet, plus stopping one consumer on its own."""
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGTERM one consumer; it must exit 0."""

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import duckdb
 import httpx
@@ -23,6 +22,7 @@ from api.routes import ENDPOINTS, KPI_DEADLINE_MS, REBUILD_DEADLINE_MS
 from streamproc.analytics.store import FileInfo, encode_info
 from streamproc.keys import STAGES
 from streamproc.settings import Settings
+from tests import test_api_live
 from tests.api_support import TOKEN, LiveApi
 from tests.helpers import REPO_ROOT, ServerHandle, stop_procs
 from tests.support import KEYS, Pipeline, cli, write_orders
@@ -32,12 +32,14 @@ from tests.test_api_live import (
     assert_money_text,
     error,
     field_errors,
-    guard,
     ok,
     raw_number,
     timed,
     today,
 )
+
+# The API-process fixture of test_api_live (guarded clients, clean SIGTERM exit checked).
+apis = test_api_live.apis
 
 SAMPLE = REPO_ROOT / "sample.csv"
 PRODUCTS = REPO_ROOT / "products.csv"
@@ -67,26 +69,6 @@ PRODUCT_BOARD = [
 ]
 MONEY_FIELDS = ("total_revenue", "average_order_value")
 BIG_CUSTOMERS = 100_000
-
-
-@pytest.fixture
-def apis(
-    sp_env: dict[str, str], redis_url: str, tmp_path: Path
-) -> Iterator[Callable[..., LiveApi]]:
-    """Start guarded API processes; each must exit 0 on SIGTERM at teardown."""
-    started: list[LiveApi] = []
-    redis_port = urlparse(redis_url).port
-    assert redis_port is not None
-
-    def start(env: dict[str, str] | None = None, token: str | None = TOKEN) -> LiveApi:
-        api = LiveApi(env or sp_env, tmp_path / f"api-{len(started)}.log", token=token)
-        api.client.event_hooks["response"] = [guard(redis_port)]
-        started.append(api)
-        return api.start()
-
-    yield start
-    codes = [api.stop() for api in started]
-    assert codes == [0] * len(started), f"API exit codes on SIGTERM: {codes}"
 
 
 @pytest.fixture

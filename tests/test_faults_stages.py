@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from streamproc.notifications import new_id
 from streamproc.runloop import Handler, RunLoop
 from streamproc.settings import Settings
 from streamproc.transport import Decision, Message, StageStream, ensure_groups_sync
-from tests.helpers import spawn_cli, stop_procs
+from tests.helpers import stop_procs
 from tests.invariants import (
     assert_one_notification_line_per_record,
     assert_pipeline_invariants,
@@ -42,7 +41,7 @@ from tests.invariants import (
     write_products,
 )
 from tests.support import (
-    Pipeline,
+    Fleet,
     cli,
     export,
     generated_orders,
@@ -70,40 +69,6 @@ CLAIM_IDLE_MS = 300
 CLAIM_IDLE_STUB_MS = 100
 
 
-class Consumers(Pipeline):
-    """Pipeline with named consumers, each with its own extra environment."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        super().__init__(env, log_dir)
-        self.dead: list[subprocess.Popen[bytes]] = []
-
-    def spawn(self, stage: str, consumer: str, **extra_env: str) -> subprocess.Popen[bytes]:
-        """Start `consume --stage STAGE --consumer NAME` with extra environment variables."""
-        proc = spawn_cli(
-            ["consume", "--stage", stage, "--consumer", consumer],
-            dict(self.env, **extra_env),
-            log_path=self.log_dir / f"consume-{len(self.procs) + len(self.dead)}-{consumer}.log",
-        )
-        self.procs.append(proc)
-        return proc
-
-    def wait_killed(self, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-        """The fault hook must fire: the process dies of SIGKILL (and leaves the running set)."""
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the fault never fired within {timeout_s} s\n{self.logs()}")
-        assert code == -signal.SIGKILL, f"exit {code}, not SIGKILL\n{self.logs()}"
-        self.procs.remove(proc)
-        self.dead.append(proc)
-
-    def drain(self, timeout_s: float) -> None:
-        """wait_drained (every running consumer stops cleanly), then forget the stopped ones."""
-        self.wait_drained(timeout_s)
-        self.dead.extend(self.procs)
-        self.procs.clear()
-
-
 @pytest.fixture
 def fault_env(sp_env: dict[str, str]) -> dict[str, str]:
     return dict(
@@ -118,8 +83,8 @@ def fault_env(sp_env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
-def consumers(fault_env: dict[str, str], tmp_path: Path) -> Iterator[Consumers]:
-    running = Consumers(fault_env, tmp_path)
+def consumers(fault_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
+    running = Fleet(fault_env, tmp_path)
     try:
         yield running
     finally:
@@ -182,7 +147,7 @@ def assert_fault_point_reached(r: redis.Redis, stage: str, point: str, consumer:
 def test_consumer_killed_at_fault_point_is_replaced_without_loss_or_repeat(
     stage: str,
     point: str,
-    consumers: Consumers,
+    consumers: Fleet,
     orders_file: tuple[Path, dict[str, int]],
     r: redis.Redis,
     tmp_path: Path,
@@ -251,7 +216,7 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
 
 
 def test_undecodable_entry_is_dead_lettered_at_once_and_purged(
-    consumers: Consumers, r: redis.Redis
+    consumers: Fleet, r: redis.Redis
 ) -> None:
     env = consumers.env
     consumers.spawn("reserve", "reserve-1")
@@ -313,7 +278,7 @@ def history_ms(order: dict[str, Any], state: str) -> float:
 
 
 def test_poison_order_is_dead_lettered_after_max_deliveries_and_retried(
-    consumers: Consumers, r: redis.Redis, tmp_path: Path
+    consumers: Fleet, r: redis.Redis, tmp_path: Path
 ) -> None:
     poison, total = "P-017", 40
     env = consumers.env = dict(
