@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.endpoints import Services
+from api.endpoints import Services, build_routes
 from api.errors import ApiError
 from api.middleware import RequestContext
 from api.openapi import build_openapi
@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await client.aclose()
 
-    routes = [ep.route() for ep in ENDPOINTS]
+    routes = build_routes(ENDPOINTS)
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False))
     app = Starlette(
         debug=False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -113,6 +113,10 @@ class Endpoint:
 
     def route(self) -> Route:
         """The Starlette route running this endpoint."""
+        return Route(self.path, self.asgi_app(), methods=[self.method], name=self.name)
+
+    def asgi_app(self) -> _AsgiApp:
+        """The ASGI app running this endpoint (any method; the route checks it)."""
 
         async def run(request: Request) -> Response:
             services: Services = request.app.state.services
@@ -152,7 +156,30 @@ class Endpoint:
                 response = failure(exc.status, exc.message, exc.errors, headers=exc.headers)
             await response(scope, receive, send)
 
-        return Route(self.path, _AsgiApp(app), methods=[self.method], name=self.name)
+        return _AsgiApp(app)
+
+
+def build_routes(endpoints: Sequence[Endpoint]) -> list[Route]:
+    """One Starlette route per path. A path with several methods (GET and PUT) dispatches on the
+    method, so a wrong one gets a 405 whose Allow header names all of them."""
+    by_path: dict[str, list[Endpoint]] = {}
+    for ep in endpoints:
+        by_path.setdefault(ep.path, []).append(ep)
+    routes = []
+    for path, group in by_path.items():
+        if len(group) == 1:
+            routes.append(group[0].route())
+            continue
+        apps = {ep.method: ep.asgi_app() for ep in group}
+
+        async def dispatch(
+            scope: Scope, receive: Receive, send: Send, apps: dict[str, _AsgiApp] = apps
+        ) -> None:
+            method = scope["method"]
+            await apps["GET" if method == "HEAD" else method](scope, receive, send)
+
+        routes.append(Route(path, _AsgiApp(dispatch), methods=list(apps), name=group[0].name))
+    return routes
 
 
 @dataclass(frozen=True, slots=True)

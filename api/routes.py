@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from api.endpoints import Endpoint
 from api.handlers import deadletters, kpis, leaderboards, orders, streams, system
+from api.handlers import notifications as notes
+from api.handlers import preferences as prefs
 
 # DuckDB over millions of facts can outlast the default Redis deadline on a busy machine, and a
 # rebuild reads the whole store (each Redis command still has the default's socket timeout).
@@ -49,4 +51,31 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/api/leaderboard/rebuild", leaderboards.rebuild_leaderboards,
              "Recompute the leaderboards from the snapshot store", leaderboards.RebuildView,
              auth=True, tag="leaderboards", errors=(409,), deadline_ms=REBUILD_DEADLINE_MS),
+]  # fmt: skip
+
+# Notifications and customer preferences (SPEC §6, issue 6).
+ENDPOINTS += [
+    Endpoint("GET", "/api/notifications", notes.list_notifications,
+             "Notifications, filtered and paged", notes.NotificationPage,
+             query=notes.NotificationQuery, tag="notifications"),
+    Endpoint("GET", "/api/notifications/stats", notes.notification_stats,
+             "Notification counts by type, status and channel", notes.NotificationStats,
+             tag="notifications"),
+    Endpoint("GET", "/api/notifications/recent", notes.recent_notifications,
+             "The newest notifications", list[notes.NotificationView], query=notes.RecentQuery,
+             tag="notifications"),
+    Endpoint("GET", "/api/notifications/order/{order_id}", notes.order_notifications,
+             "One order's notifications", list[notes.NotificationView],
+             path_params=notes.OrderPath, tag="notifications", errors=(404,)),
+    Endpoint("POST", "/api/notifications/{id}/resend", notes.resend_notification,
+             "Give a failed notification one more attempt", notes.NotificationView,
+             path_params=notes.NotificationPath, auth=True, status=202, tag="notifications",
+             errors=(404, 409)),
+    Endpoint("GET", "/api/customers/{id}/notification-preferences", prefs.get_preferences,
+             "A customer's notification preferences", prefs.PreferencesView,
+             path_params=leaderboards.CustomerPath, tag="notifications"),
+    Endpoint("PUT", "/api/customers/{id}/notification-preferences", prefs.put_preferences,
+             "Set a customer's notification preferences", prefs.PreferencesView,
+             path_params=leaderboards.CustomerPath, body=prefs.PreferencesBody, auth=True,
+             tag="notifications"),
 ]  # fmt: skip

@@ -1,120 +1,262 @@
-"""notify: one notification per terminal order and enabled channel (log channel here)."""
+"""notify: one notification per terminal order, enabled type and enabled channel (SPEC §6).
+
+Stream entries create the records and make their first attempt; `run_due` (driven by a schedule
+loop beside the stage loop) makes every later one: retries after a failed send, resends asked for
+through the API, and attempts whose consumer died. A send never waits for a retry.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
-import time
+from dataclasses import dataclass
 
+from streamproc.clock import now_ms
 from streamproc.context import StageContext
+from streamproc.faults import die_now, fault_point
+from streamproc.mail import EmailChannel, SendResult, SmtpConfig, compose
+from streamproc.models import Order, decode_order
+from streamproc.notification_store import ClaimRequest, NotificationStore, Settlement
 from streamproc.notifications import (
+    EMAIL,
+    FAILED,
+    LOG,
+    SENT,
     LogChannel,
     Notification,
-    decode_record,
     encode_record,
     new_record,
-    now_iso,
+    notification_type,
+    split_id,
 )
+from streamproc.preferences import Preferences, default_preferences, load_preferences
 from streamproc.transport import Decision, Message
+
+DAY_MS = 86_400_000
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One record to send now: fresh (created by this claim, already counted) or resumed."""
+
+    record: Notification
+    order: Order | None
+    recipient: str
+    fresh: bool
 
 
 class NotifyHandler:
-    """Terminal order → notification record sent (the order's state does not change)."""
+    """Terminal order → its notification records, sent (the order's state does not change)."""
 
     stage = "notify"
 
     def __init__(self, ctx: StageContext) -> None:
+        settings = ctx.settings
         self.client = ctx.client
-        self.scripts = ctx.scripts
-        self.hash_key = ctx.keys.notifications
-        self.lease_key = ctx.keys.notification_leases
         self.keys = ctx.keys
-        self.order_prefix = ctx.keys.order("")
-        self.channel = LogChannel(ctx.settings.notifications_log_path)
+        self.namespace = settings.namespace
+        self.store = NotificationStore(ctx.client, ctx.scripts, ctx.keys)
+        self.log = LogChannel(settings.notifications_log_path)
+        smtp = SmtpConfig.from_url(settings.smtp_url) if settings.smtp_url else None
+        self.email = EmailChannel(smtp, settings.smtp_from)
+        self.sender = settings.smtp_from
+        self.defaults = default_preferences(settings)
+        self.max_attempts = settings.notification_max_attempts
+        self.retry_base_ms = settings.notification_retry_base_ms
+        self.retry_max_ms = settings.notification_retry_max_ms
+        self.retention_days = settings.notification_retention_days
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         # Longer than a reclaim takes, so a live holder keeps its lease while it works.
-        self.lease_ms = max(2 * ctx.settings.claim_idle_ms, 1_000)
+        self.lease_ms = max(2 * settings.claim_idle_ms, 1_000)
+        self._die_after_send = fault_point(self.stage) == "after_send"
 
     async def handle(self, batch: list[Message]) -> list[Decision]:
-        """Lease the records, write what is not yet sent in one append, then mark it sent.
+        """Create each message's records (per the customer's preferences) and send them.
 
-        A record that does not exist yet is stored as pending (with the log's size from before
-        the lease) by the lease script itself; only a record left by an earlier attempt needs a
-        separate pending write. A record leased by another live consumer is left undecided: its
-        entry stays pending and is looked at again after the other consumer has marked it sent.
+        A record another consumer is attempting leaves its message undecided: the entry stays
+        pending and is looked at again once that attempt has settled or its lease ran out.
         """
-        fresh, busy_msgs = await self._claim([m for m in batch if m.order])
-        marked: list[Notification] = []  # stored as pending by the lease script
-        to_send: list[Notification] = []  # left by an earlier attempt: mark pending again
-        sent: list[Notification] = []
-        for record, raw in fresh.values():
-            if not raw:
-                marked.append(record)
-                continue
-            current = decode_record(raw)
-            if current.status == "sent":
-                continue
-            if current.log_offset >= 0 and await asyncio.to_thread(
-                self.channel.already_written, current.id, current.log_offset
-            ):
-                sent.append(current)  # written before a crash, never marked: do not repeat it
-            else:
-                to_send.append(current)
-        if to_send:
-            offset = self.channel.size()
-            for record in to_send:
-                record.attempts += 1
-                record.log_offset = offset
-            await self.client.hset(self.hash_key, mapping={r.id: encode_record(r) for r in to_send})
-        if marked or to_send:
-            await asyncio.to_thread(self.channel.send, [*marked, *to_send])
-            sent += marked
-            sent += to_send
-        await self._mark_sent(sent)
-        return [Decision(m, "notified") for m in batch if m.msg_id not in busy_msgs]
-
-    async def _claim(
-        self, decidable: list[Message]
-    ) -> tuple[dict[str, tuple[Notification, bytes]], set[bytes]]:
-        """Lease each message's record: ({record id: (record, stored record or b"")}, the ids of
-        the messages whose record another consumer holds)."""
-        stamp = now_iso()
-        offset = self.channel.size()
-        records = [
-            new_record(m.order, m.state, self.channel.name, stamp) for m in decidable if m.order
-        ]
-        args: list[object] = [self.owner, int(time.time() * 1000), self.lease_ms]
-        for message, record in zip(decidable, records, strict=True):
-            # What the record looks like once marked pending for its first send.
-            record.attempts, record.log_offset = 1, offset
-            args += [record.id, message.state, message.attempt, encode_record(record)]
-        claimed = await self.scripts.run(
-            "notify_claim",
-            [self.hash_key, self.lease_key, *[self.order_prefix + m.order_id for m in decidable]],
-            args,
+        orders = [m for m in batch if m.order is not None]
+        stored = await load_preferences(
+            self.client, self.keys, (m.order.customer_id for m in orders if m.order)
         )
-        # One record per id: a re-submitted order (`ingest --force`) that ends the same way again
-        # brings a second message for the same record, possibly in the same batch.
-        fresh: dict[str, tuple[Notification, bytes]] = {}
-        busy_msgs: set[bytes] = set()
-        for message, record, verdict, raw in zip(
-            decidable, records, claimed[0::2], claimed[1::2], strict=True
-        ):
-            if verdict == b"busy":
-                busy_msgs.add(message.msg_id)
-            elif verdict == b"ok":
-                fresh[record.id] = (record, raw)
-        return fresh, busy_msgs
+        offset = self.log.size()  # read before the claim: an earlier offset is always safe
+        requests: list[ClaimRequest] = []
+        wanted: list[tuple[Message, Notification, Order]] = []
+        for message in orders:
+            order = message.order
+            assert order is not None
+            preferences = stored.get(order.customer_id, self.defaults)
+            for channel in preferences.channels_for(notification_type(message.state)):
+                record = new_record(order, message.state, channel, self.max_attempts)
+                record.attempts = 1  # the attempt about to be made
+                record.log_offset = offset if channel == LOG else -1
+                requests.append(
+                    ClaimRequest(
+                        record.id,
+                        message.order_id,
+                        message.state,
+                        message.attempt,
+                        encode_record(record),
+                    )
+                )
+                wanted.append((message, record, order))
+        claims = await self.store.claim(self.owner, now_ms(), self.lease_ms, requests)
+        busy: set[bytes] = set()
+        attempts: list[Attempt] = []
+        for (message, record, order), claim in zip(wanted, claims, strict=True):
+            if claim.verdict == "busy":
+                busy.add(message.msg_id)
+            elif claim.verdict in ("new", "resume"):
+                current = record if claim.stored is None else claim.stored
+                recipient = _recipient(stored.get(order.customer_id), order)
+                attempts.append(Attempt(current, order, recipient, claim.verdict == "new"))
+        await self._attempt(attempts)
+        return [Decision(m, "notified") for m in batch if m.msg_id not in busy]
 
-    async def _mark_sent(self, sent: list[Notification]) -> None:
-        """Mark the records sent and give their leases back, in one transaction."""
-        if not sent:
+    async def run_due(self, limit: int) -> int:
+        """Attempt up to `limit` pending records that are due; how many were due."""
+        now = now_ms()
+        ids = await self.store.due(now, limit)
+        if not ids:
+            return 0
+        claims = await self.store.claim(
+            self.owner, now, self.lease_ms, [ClaimRequest(rid, split_id(rid)[0]) for rid in ids]
+        )
+        records = [c.stored for c in claims if c.verdict == "resume" and c.stored is not None]
+        mail = [r for r in records if r.channel == EMAIL]
+        orders = await self._orders({r.order_reference for r in mail})
+        stored = await load_preferences(self.client, self.keys, {r.customer_id for r in mail})
+        attempts = []
+        for record in records:
+            order = orders.get(record.order_reference)
+            recipient = _recipient(stored.get(record.customer_id), order)
+            attempts.append(Attempt(record, order, recipient, fresh=False))
+        await self._attempt(attempts)
+        return len(ids)
+
+    async def housekeeping(self) -> int:
+        """Drop records older than the retention period; how many were dropped."""
+        if not self.retention_days:
+            return 0
+        return await self.store.expire(now_ms() - self.retention_days * DAY_MS)
+
+    async def _attempt(self, attempts: list[Attempt]) -> None:
+        """Send each record once more, then record the outcomes in one step."""
+        if not attempts:
             return
-        stamp = now_iso()
-        for record in sent:
-            record.status, record.sent_at, record.error_message = "sent", stamp, ""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.hash_key, mapping={r.id: encode_record(r) for r in sent})
-        pipe.hdel(self.lease_key, *(r.id for r in sent))
-        await pipe.execute()
+        found: list[Attempt] = []  # written to the log before a crash, never marked sent
+        begin: list[Attempt] = []
+        for attempt in attempts:
+            record = attempt.record
+            if attempt.fresh:
+                continue
+            if (
+                record.channel == LOG
+                and record.log_offset >= 0
+                and await asyncio.to_thread(self.log.already_written, record.id, record.log_offset)
+            ):
+                found.append(attempt)
+            else:
+                begin.append(attempt)
+        if begin:
+            # Counted and (log) given the offset before the send, so a crash during it is
+            # recovered like a first send's.
+            offset = self.log.size()
+            for attempt in begin:
+                attempt.record.attempts += 1
+                attempt.record.log_offset = offset if attempt.record.channel == LOG else -1
+            applied = await self.store.settle(
+                self.owner, [Settlement("begin", a.record) for a in begin]
+            )
+            begin = [a for a, ok in zip(begin, applied, strict=True) if ok]
+        sending = [a for a in attempts if a.fresh] + begin
+        now = now_ms()
+        results = await self._send(sending, now)
+        if self._die_after_send and sending:
+            die_now()  # test hook: sent, not yet recorded
+        settlements = [Settlement("sent", _mark_sent(a.record, now)) for a in found]
+        settlements += [
+            self._outcome(a.record, result, now) for a, result in zip(sending, results, strict=True)
+        ]
+        await self.store.settle(self.owner, settlements)
+
+    async def _send(self, attempts: list[Attempt], now: int) -> list[SendResult]:
+        """Send through each channel at once; one result per attempt, in order."""
+        logs = [a.record for a in attempts if a.record.channel == LOG]
+        mails = [a for a in attempts if a.record.channel == EMAIL]
+        log_results, mail_results = await asyncio.gather(
+            self._send_log(logs, now), self._send_mail(mails)
+        )
+        by_id = dict(zip((r.id for r in logs), log_results, strict=True))
+        by_id.update(zip((a.record.id for a in mails), mail_results, strict=True))
+        return [by_id[a.record.id] for a in attempts]
+
+    async def _send_log(self, records: list[Notification], now: int) -> list[SendResult]:
+        if not records:
+            return []
+        try:
+            await asyncio.to_thread(self.log.send, records, now)
+        except OSError as exc:
+            return [SendResult(f"log write failed: {exc.strerror or exc}")] * len(records)
+        return [SendResult()] * len(records)
+
+    async def _send_mail(self, attempts: list[Attempt]) -> list[SendResult]:
+        results: dict[int, SendResult] = {}
+        emails = []
+        positions = []
+        for index, attempt in enumerate(attempts):
+            if attempt.order is None:
+                results[index] = SendResult("order not found", permanent=True)
+            elif not attempt.recipient:
+                customer = attempt.record.customer_id
+                results[index] = SendResult(f"no email address for customer {customer}", True)
+            else:
+                emails.append(
+                    compose(
+                        attempt.record,
+                        attempt.recipient,
+                        attempt.order.customer_name,
+                        self.sender,
+                        self.namespace,
+                    )
+                )
+                positions.append(index)
+        for index, result in zip(positions, await self.email.send(emails), strict=True):
+            results[index] = result
+        return [results[i] for i in range(len(attempts))]
+
+    def _outcome(self, record: Notification, result: SendResult, now: int) -> Settlement:
+        """Sent; pending again with a retry due after a growing delay; or failed for good."""
+        if result.ok:
+            return Settlement("sent", _mark_sent(record, now))
+        record.error_message = result.error
+        if not result.permanent and record.attempts < record.max_attempts:
+            delay_ms = min(self.retry_max_ms, self.retry_base_ms * 2 ** (record.attempts - 1))
+            return Settlement("retry", record, now + delay_ms)
+        record.status, record.log_offset = FAILED, -1
+        return Settlement("failed", record)
+
+    async def _orders(self, order_ids: set[str]) -> dict[str, Order]:
+        """The stored orders (payloads) of these ids, one pipelined round trip."""
+        ids = sorted(order_ids)
+        if not ids:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for order_id in ids:
+            pipe.hget(self.keys.order(order_id), "d")
+        payloads = await pipe.execute()
+        return {oid: decode_order(raw) for oid, raw in zip(ids, payloads, strict=True) if raw}
+
+
+def _mark_sent(record: Notification, now: int) -> Notification:
+    record.status, record.sent_ms, record.error_message, record.log_offset = SENT, now, "", -1
+    return record
+
+
+def _recipient(preferences: Preferences | None, order: Order | None) -> str:
+    """The customer's own choice of address first, then the one on the order."""
+    if preferences is not None and preferences.email:
+        return preferences.email
+    return order.email if order is not None else ""

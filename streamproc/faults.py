@@ -4,7 +4,8 @@ STREAMPROC_FAULT_POISON=<order id> makes every handler raise on that order, like
 Points: before_effect (batch read, nothing done), after_effect (effects applied, not committed),
 after_commit (transition + next XADD + XACK done; the commit and the ack are one atomic step here,
 so this is also "after the ack"). The snapshot stage has its own: mid_write (a file's temp data
-written, the Parquet not yet in place) and before_register (in place, not yet in the manifest).
+written, the Parquet not yet in place) and before_register (in place, not yet in the manifest);
+so has notify: after_send (the log line or email sent, the record not yet marked sent).
 Unset, the hook is a None check per batch.
 """
 
@@ -13,7 +14,14 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("before_effect", "after_effect", "after_commit", "mid_write", "before_register")
+POINTS = (
+    "before_effect",
+    "after_effect",
+    "after_commit",
+    "mid_write",
+    "before_register",
+    "after_send",
+)
 
 
 def fault_point(stage: str, env: dict[str, str] | None = None) -> str | None:

@@ -72,13 +72,52 @@ class Keys:
 
     @property
     def notifications(self) -> str:
-        """Hash (order, type, channel) → notification record."""
+        """Hash `<order>:<type>:<channel>` → notification record (streamproc.notifications)."""
         return f"{self._pipe}:notifications"
 
     @property
     def notification_leases(self) -> str:
         """Hash notification id → owner|expiry: who may send it right now."""
         return f"{self._pipe}:notifications:leases"
+
+    # -- notifications (records, their indexes, retries, preferences) --------------------------
+    def notification_index(self, kind: str, channel: str, status: str) -> str:
+        """Sorted set record id → creation score of the records of one type, channel and status.
+
+        Each record is in exactly one of these 12 sets, so their sizes are the stats (O(1)) and a
+        filtered page merges at most 12 time-ordered sets. Scripts build the names from
+        notification_index_prefix, so the two must agree.
+        """
+        return f"{self.notification_index_prefix}{kind}:{channel}:{status}"
+
+    @property
+    def notification_index_prefix(self) -> str:
+        """Start of every notification_index key name."""
+        return f"{self._pipe}:notifications:ix:"
+
+    def notification_customer(self, customer_id: int) -> str:
+        """Sorted set record id → creation score of one customer's records."""
+        return f"{self.notification_customer_prefix}{customer_id}"
+
+    @property
+    def notification_customer_prefix(self) -> str:
+        """Start of every notification_customer key name (scripts append the customer id)."""
+        return f"{self._pipe}:notifications:customer:"
+
+    @property
+    def notification_schedule(self) -> str:
+        """Sorted set record id → ms when a pending record is due (a retry, or a lease expiry)."""
+        return f"{self._pipe}:notifications:due"
+
+    @property
+    def notification_clock(self) -> str:
+        """The last creation score handed out, so scores are unique and increasing."""
+        return f"{self._pipe}:notifications:clock"
+
+    @property
+    def notification_preferences(self) -> str:
+        """Hash customer id → that customer's notification preferences (JSON)."""
+        return f"{self._pipe}:notifications:prefs"
 
     def throughput(self, second: int) -> str:
         """Counter of orders reaching a terminal state in one epoch second (expires in minutes)."""

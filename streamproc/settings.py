@@ -10,6 +10,7 @@ from pathlib import Path
 from streamproc.errors import ConfigError
 
 UNKNOWN_SKU_POLICIES = ("create", "reject")
+NOTIFICATION_CHANNELS = ("log", "email")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -42,6 +43,17 @@ def _str(env: Mapping[str, str], name: str, default: str) -> str:
     return env.get(name, "").strip() or default
 
 
+def _channels(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ("log",)
+    chosen = tuple(dict.fromkeys(c.strip().lower() for c in raw.split(",") if c.strip()))
+    unknown = [c for c in chosen if c not in NOTIFICATION_CHANNELS]
+    if unknown:
+        raise ConfigError(f"{name}={raw!r}: channels are {', '.join(NOTIFICATION_CHANNELS)}")
+    return chosen
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every tunable of streamproc; built by `Settings.from_env()` and passed down."""
@@ -68,6 +80,14 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     api_max_body_bytes: int = 65_536
     api_redis_deadline_ms: int = 500
+    # Notifications (SPEC §6). The SMTP URL may carry a password: never printed.
+    smtp_url: str | None = field(default=None, repr=False)
+    smtp_from: str = "streamproc@localhost"
+    notification_channels: tuple[str, ...] = ("log",)
+    notification_max_attempts: int = 5
+    notification_retry_base_ms: int = 2_000
+    notification_retry_max_ms: int = 300_000
+    notification_retention_days: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -85,6 +105,11 @@ class Settings:
         home = Path(_str(env, "STREAMPROC_HOME", ".streamproc"))
         log = env.get("STREAMPROC_NOTIFICATIONS_LOG", "").strip()
         analytics = env.get("STREAMPROC_ANALYTICS_DIR", "").strip()
+        smtp_url = env.get("STREAMPROC_SMTP_URL", "").strip() or None
+        if smtp_url is not None:
+            from streamproc.mail import SmtpConfig
+
+            SmtpConfig.from_url(smtp_url)  # a bad URL stops start-up, not the first email
         return cls(
             redis_url=env.get("STREAMPROC_REDIS_URL", "").strip() or None,
             namespace=namespace,
@@ -107,6 +132,19 @@ class Settings:
             api_token=env.get("STREAMPROC_API_TOKEN", "").strip() or None,
             api_max_body_bytes=_int(env, "STREAMPROC_API_MAX_BODY_BYTES", 65_536, 1, 64 << 20),
             api_redis_deadline_ms=_int(env, "STREAMPROC_API_REDIS_DEADLINE_MS", 500, 50, 60_000),
+            smtp_url=smtp_url,
+            smtp_from=_str(env, "STREAMPROC_SMTP_FROM", "streamproc@localhost"),
+            notification_channels=_channels(env, "STREAMPROC_NOTIFICATION_CHANNELS"),
+            notification_max_attempts=_int(env, "STREAMPROC_NOTIFICATION_MAX_ATTEMPTS", 5, 1, 100),
+            notification_retry_base_ms=_int(
+                env, "STREAMPROC_NOTIFICATION_RETRY_BASE_MS", 2_000, 1, 86_400_000
+            ),
+            notification_retry_max_ms=_int(
+                env, "STREAMPROC_NOTIFICATION_RETRY_MAX_MS", 300_000, 1, 86_400_000
+            ),
+            notification_retention_days=_int(
+                env, "STREAMPROC_NOTIFICATION_RETENTION_DAYS", 30, 0, 36_500
+            ),
         )
 
     @property

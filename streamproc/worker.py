@@ -16,6 +16,7 @@ from streamproc.context import StageContext
 from streamproc.errors import ServerError
 from streamproc.keys import Keys
 from streamproc.runloop import RunLoop
+from streamproc.schedule import Scheduled, ScheduleLoop
 from streamproc.settings import Settings
 from streamproc.stages import default_concurrency, load_handler
 from streamproc.transport import StageStream, ensure_groups
@@ -46,7 +47,7 @@ async def run_worker(
     try:
         ctx = StageContext.build(settings, client)
         await ensure_groups(client, ctx.keys)
-        loops = [_loop(ctx, stage, consumer, concurrency) for stage in stages]
+        loops = [loop for stage in stages for loop in _loops(ctx, stage, consumer, concurrency)]
         _tune_gc()
         stop = asyncio.Event()
         _install_signals(stop)
@@ -73,23 +74,29 @@ async def run_worker(
         await client.aclose()
 
 
-def _loop(
+def _loops(
     ctx: StageContext, stage: str, consumer: str, concurrency: int | None
-) -> RunLoop | SnapshotLoop:
+) -> list[RunLoop | SnapshotLoop | ScheduleLoop]:
     keys: Keys = ctx.keys
     stream = StageStream(ctx.client, ctx.scripts, keys, stage, consumer)
     if stage == "snapshot":
-        return SnapshotLoop(ctx, stream, FactStore(ctx.settings.analytics_path))
+        return [SnapshotLoop(ctx, stream, FactStore(ctx.settings.analytics_path))]
     batch = ctx.settings.batch_size
-    return RunLoop(
-        stream,
-        load_handler(stage, ctx),
-        concurrency=concurrency or default_concurrency(stage, batch),
-        batch_size=batch,
-        block_ms=ctx.settings.block_ms,
-        claim_idle_ms=ctx.settings.claim_idle_ms,
-        max_deliveries=ctx.settings.max_deliveries,
-    )
+    handler = load_handler(stage, ctx)
+    loops: list[RunLoop | SnapshotLoop | ScheduleLoop] = [
+        RunLoop(
+            stream,
+            handler,
+            concurrency=concurrency or default_concurrency(stage, batch),
+            batch_size=batch,
+            block_ms=ctx.settings.block_ms,
+            claim_idle_ms=ctx.settings.claim_idle_ms,
+            max_deliveries=ctx.settings.max_deliveries,
+        )
+    ]
+    if isinstance(handler, Scheduled):  # notify: retries, resends and retention
+        loops.append(ScheduleLoop(handler, batch_size=batch))
+    return loops
 
 
 def _tune_gc() -> None:

@@ -85,12 +85,36 @@ def in_bounds(query: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**query, "start_date": start.isoformat(), "end_date": end.isoformat()}
 
 
+def dates_in_order(query: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A /api/notifications query with from_date and to_date (when both are dates) in order."""
+    if not query:
+        return query
+    try:
+        start = date.fromisoformat(query["from_date"])
+        end = date.fromisoformat(query["to_date"])
+    except (KeyError, TypeError, ValueError):
+        return query
+    return {
+        **query,
+        "from_date": min(start, end).isoformat(),
+        "to_date": max(start, end).isoformat(),
+    }
+
+
 def keep_ranges_in_bounds(schema: BaseSchema) -> None:
-    """Have schemathesis generate /api/kpis/range queries that respect the cross-field rule, so
-    a schema-valid range is a valid one (reversed and too-long ranges: test_api_analytics)."""
+    """Have schemathesis generate /api/kpis/range and /api/notifications queries that respect
+    their cross-field rules, so a schema-valid range is a valid one (reversed and too-long ranges:
+    test_api_analytics, test_notify_api)."""
 
     def map_query(context: HookContext, query: dict[str, Any] | None) -> dict[str, Any] | None:
         return in_bounds(query)
 
+    def map_notifications(
+        context: HookContext, query: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        return dates_in_order(query)
+
     register: Any = schema.hook("map_query")  # schemathesis types hooks as plain callables
     register.apply_to(path="/api/kpis/range")(map_query)
+    register_notifications: Any = schema.hook("map_query")
+    register_notifications.apply_to(path="/api/notifications")(map_notifications)

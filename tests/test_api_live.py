@@ -52,9 +52,16 @@ ROUTES = {
     ("get", "/api/leaderboard/customers/{id}/rank"),
     ("get", "/api/leaderboard/products"),
     ("post", "/api/leaderboard/rebuild"),
+    ("get", "/api/notifications"),
+    ("get", "/api/notifications/stats"),
+    ("get", "/api/notifications/recent"),
+    ("get", "/api/notifications/order/{order_id}"),
+    ("post", "/api/notifications/{id}/resend"),
+    ("get", "/api/customers/{id}/notification-preferences"),
+    ("put", "/api/customers/{id}/notification-preferences"),
 }
-# The one route answering 202 (the others answer 200).
-ACCEPTED = {("post", "/api/dlq/{id}/retry")}
+# The routes answering 202 (the others answer 200).
+ACCEPTED = {("post", "/api/dlq/{id}/retry"), ("post", "/api/notifications/{id}/resend")}
 # Internal detail that must never reach a client.
 LEAKS = ("Traceback", 'File "', "{sp", "127.0.0.1", "localhost", "redis://")
 

@@ -1,7 +1,8 @@
 """The notify stage's log channel is exactly-once across crashes (SPEC §3.2 INV-N, §6).
 
-A crash is simulated by leaving the notification record as the handler leaves it mid-way: marked
-pending with the log offset, with or without its line appended, and never marked sent.
+A crash is simulated by leaving the notification record as the handler leaves it mid-way: created
+pending by the claim script with the log offset, leased by a consumer that is gone (its lease has
+run out), with or without its line appended, and never marked sent.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import pytest
 import redis
 
 from consumers.notify import NotifyHandler
+from streamproc.clock import now_ms
 from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.keys import Keys
 from streamproc.models import Line, Order
+from streamproc.notification_store import ClaimRequest, NotificationStore, Settlement
 from streamproc.notifications import (
     LogChannel,
     Notification,
@@ -27,8 +30,10 @@ from streamproc.notifications import (
 )
 from streamproc.settings import Settings
 from streamproc.transport import Decision, Message
+from tests.notify_support import assert_indexes_agree, with_store
 
 KEYS = Keys()
+DEAD = "dead-consumer"
 
 
 def make_order(order_id: str) -> Order:
@@ -69,19 +74,26 @@ def log_ids(log_path: Path) -> list[str]:
 def stored(r: redis.Redis, record_id: str) -> Notification:
     raw = r.hget(KEYS.notifications, record_id)
     assert raw is not None, f"no record {record_id}"
-    return decode_record(raw.encode())
+    return decode_record(record_id, raw.encode())
 
 
 def leave_pending(
-    r: redis.Redis, channel: LogChannel, order_id: str, written: bool
+    url: str, channel: LogChannel, order_id: str, written: bool, state: str = "completed"
 ) -> Notification:
-    """What a notify process that died before its "sent" mark leaves behind."""
-    record = new_record(make_order(order_id), "completed", channel.name)
+    """What a notify process that died before its "sent" mark leaves behind: the record created
+    and counted by the claim script, with the log's offset, leased by a consumer long gone."""
+    record = new_record(make_order(order_id), state, channel.name, max_attempts=5)
     record.attempts = 1
     record.log_offset = channel.size()
-    r.hset(KEYS.notifications, record.id, encode_record(record))
+    request = ClaimRequest(record.id, order_id, create=encode_record(record))
+
+    async def claim(store: NotificationStore) -> None:
+        (claimed,) = await store.claim(DEAD, now_ms() - 60_000, 1_000, [request])
+        assert claimed.verdict == "new"
+
+    with_store(url, claim)
     if written:
-        channel.send([record])
+        channel.send([record], now_ms())
     return record
 
 
@@ -89,26 +101,30 @@ def test_line_written_before_the_crash_is_not_written_again(
     redis_url: str, r: redis.Redis, log_path: Path
 ) -> None:
     channel = LogChannel(log_path)
-    channel.send([new_record(make_order("older"), "failed", "log")])  # a line before the offset
-    record = leave_pending(r, channel, "1001", written=True)
+    channel.send([new_record(make_order("older"), "failed", "log")], now_ms())  # before the offset
+    record = leave_pending(redis_url, channel, "1001", written=True)
     # Another process appends after our line, before the retry.
-    channel.send([new_record(make_order("later"), "completed", "log")])
+    channel.send([new_record(make_order("later"), "completed", "log")], now_ms())
 
     decisions = notify(redis_url, log_path, [terminal("1001")])
 
     assert [d.outcome for d in decisions] == ["notified"]
     assert log_ids(log_path) == ["older:failed:log", record.id, "later:success:log"]
     after = stored(r, record.id)
-    assert (after.status, after.attempts, after.log_offset) == ("sent", 1, record.log_offset)
+    assert (after.status, after.attempts, after.error_message) == ("sent", 1, "")
     assert after.sent_at.endswith("Z")
+    assert r.zcard(KEYS.notification_index("success", "log", "sent")) == 1
+    assert r.zcard(KEYS.notification_schedule) == 0
+    assert_indexes_agree(r)
 
 
 def test_line_not_written_before_the_crash_is_written_once(
     redis_url: str, r: redis.Redis, log_path: Path
 ) -> None:
     channel = LogChannel(log_path)
-    channel.send([new_record(make_order("1002"), "failed", "log")])  # other type: another record
-    record = leave_pending(r, channel, "1002", written=False)
+    # The other type: another record.
+    channel.send([new_record(make_order("1002"), "failed", "log")], now_ms())
+    record = leave_pending(redis_url, channel, "1002", written=False)
 
     notify(redis_url, log_path, [terminal("1002")])
     notify(redis_url, log_path, [terminal("1002")])  # a replayed message changes nothing
@@ -122,8 +138,8 @@ def test_mixed_batch_each_order_exactly_once(
     redis_url: str, r: redis.Redis, log_path: Path
 ) -> None:
     channel = LogChannel(log_path)
-    leave_pending(r, channel, "m-written", written=True)
-    leave_pending(r, channel, "m-lost", written=False)
+    leave_pending(redis_url, channel, "m-written", written=True)
+    leave_pending(redis_url, channel, "m-lost", written=False)
     batch = [terminal("m-written"), terminal("m-lost"), terminal("m-new", "rolled_back")]
 
     decisions = notify(redis_url, log_path, batch)
@@ -136,34 +152,40 @@ def test_mixed_batch_each_order_exactly_once(
     fresh = stored(r, "m-new:failed:log")
     assert (fresh.status, fresh.attempts, fresh.order_status) == ("sent", 1, "rolled_back")
     assert fresh.customer_id == 501 and fresh.total_amount == "51.00"
+    assert_indexes_agree(r)
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert {line["order_reference"] for line in lines} == {"m-written", "m-lost", "m-new"}
 
 
 def test_already_sent_record_is_left_alone(redis_url: str, r: redis.Redis, log_path: Path) -> None:
-    record = new_record(make_order("s1"), "completed", "log")
-    record.status, record.attempts, record.sent_at = "sent", 1, "2025-11-10T00:00:00Z"
-    r.hset(KEYS.notifications, record.id, encode_record(record))
+    channel = LogChannel(log_path)
+    record = leave_pending(redis_url, channel, "s1", written=False)
+    record.status, record.sent_ms = "sent", 1_762_732_800_000  # 2025-11-10T00:00:00Z
+
+    async def settle(store: NotificationStore) -> None:
+        assert await store.settle(DEAD, [Settlement("sent", record)]) == [True]
+
+    with_store(redis_url, settle)
 
     decisions = notify(redis_url, log_path, [terminal("s1")])
 
     assert [d.outcome for d in decisions] == ["notified"]
     assert not log_path.exists()
-    assert stored(r, record.id).sent_at == "2025-11-10T00:00:00Z"
+    assert stored(r, record.id).sent_at == "2025-11-10T00:00:00.000Z"
 
 
 def test_already_written_only_looks_from_the_offset(log_path: Path) -> None:
     channel = LogChannel(log_path)
     assert channel.size() == 0
     assert not channel.already_written("x:success:log", 0)  # no log yet
-    channel.send([new_record(make_order("x"), "completed", "log")])
+    channel.send([new_record(make_order("x"), "completed", "log")], now_ms())
     offset = channel.size()
     assert offset > 0
     assert channel.already_written("x:success:log", 0)
     assert not channel.already_written("x:success:log", offset)
     # An id that is a suffix of another one's does not match it.
     assert not channel.already_written("x:success:lo", 0)
-    channel.send([new_record(make_order("1x"), "completed", "log")])
+    channel.send([new_record(make_order("1x"), "completed", "log")], now_ms())
     assert not channel.already_written("x:success:log", offset)
 
 

@@ -1,0 +1,107 @@
+-- notify_list.lua: one page of notification records, newest first, merged from time-ordered index
+-- sets (each score is a unique creation score, so a page's cursor is just the last score shown).
+-- Without a customer the caller passes only the sets of the wanted types, channels and statuses:
+-- nothing is left to filter, each set is read from the cursor on, and the total is a ZCOUNT per
+-- set. With a customer it passes that customer's set and the filters are applied here (type and
+-- channel from the id, status from the record), so the work is bounded by that customer's records.
+-- KEYS[1] records hash  KEYS[2] schedule zset  KEYS[3..] index sets to merge
+-- ARGV[1] upper score bound of this page ("(<cursor>" after a cursor)  ARGV[2] lower bound
+-- ARGV[3] page size  ARGV[4] type ("" = any)  ARGV[5] channel ("" = any)
+-- ARGV[6] status code p|s|f ("" = any)  ARGV[7] upper bound of the whole listing (for the total)
+-- Returns {next cursor ("" after the last page), total, then 4 per record: id, score, record,
+-- due ms ("" unless pending)}.
+-- include: notification
+local lo, limit = ARGV[2], tonumber(ARGV[3])
+local want_kind, want_channel, want_status = ARGV[4], ARGV[5], ARGV[6]
+local filtered = want_kind ~= "" or want_channel ~= "" or want_status ~= ""
+local chunk = limit + 1
+
+-- The record of `id` when it passes the filters, else nil.
+local function accept(id)
+  if want_kind ~= "" or want_channel ~= "" then
+    local kind, channel = string.match(id, ":(%a+):(%a+)$")
+    if (want_kind ~= "" and kind ~= want_kind) or (want_channel ~= "" and channel ~= want_channel) then
+      return nil
+    end
+  end
+  local record = redis.call("HGET", KEYS[1], id)
+  if not record or (want_status ~= "" and note_status(record) ~= want_status) then
+    return nil
+  end
+  return record
+end
+
+-- Each set is read a chunk at a time, newest first, below the last score it returned.
+local sets = {}
+for k = 3, #KEYS do
+  sets[#sets + 1] = { key = KEYS[k], hi = ARGV[1], buf = {}, pos = 1, last = false }
+end
+local function head(s)
+  if s.pos > #s.buf then
+    if s.last then
+      return nil
+    end
+    local got = redis.call("ZRANGE", s.key, s.hi, lo, "BYSCORE", "REV", "LIMIT", 0, chunk, "WITHSCORES")
+    s.buf, s.pos, s.last = got, 1, #got < 2 * chunk
+    if #got == 0 then
+      return nil
+    end
+    s.hi = "(" .. got[#got]
+  end
+  return s.buf[s.pos], s.buf[s.pos + 1]
+end
+
+local items, count, next_cursor = {}, 0, ""
+while true do
+  local best, best_id, best_score
+  for _, s in ipairs(sets) do
+    local id, score = head(s)
+    if id and (not best or tonumber(score) > tonumber(best_score)) then
+      best, best_id, best_score = s, id, score
+    end
+  end
+  if not best then
+    break
+  end
+  best.pos = best.pos + 2
+  local record = accept(best_id)
+  if record then
+    if count == limit then
+      next_cursor = items[#items - 2] -- the score of the last record on this page
+      break
+    end
+    count = count + 1
+    local due = note_status(record) == "p" and redis.call("ZSCORE", KEYS[2], best_id) or ""
+    items[#items + 1] = best_id
+    items[#items + 1] = best_score
+    items[#items + 1] = record
+    items[#items + 1] = due or ""
+  end
+end
+
+local total = 0
+for k = 3, #KEYS do
+  if not filtered then
+    total = total + redis.call("ZCOUNT", KEYS[k], lo, ARGV[7])
+  else
+    local upper = ARGV[7]
+    while true do
+      local got = redis.call("ZRANGE", KEYS[k], upper, lo, "BYSCORE", "REV", "LIMIT", 0, 500)
+      for _, id in ipairs(got) do
+        if accept(id) then
+          total = total + 1
+        end
+      end
+      if #got < 500 then
+        break
+      end
+      upper = "(" .. redis.call("ZSCORE", KEYS[k], got[#got])
+    end
+  end
+end
+
+local out = { next_cursor, total }
+for _, value in ipairs(items) do
+  out[#out + 1] = value
+end
+return out

@@ -1,0 +1,290 @@
+"""Notification records in Redis: claim, settle, resend, retention, pages, lookups and stats.
+
+Layout (key names in streamproc/keys.py, all in the pipeline's slot):
+- `notifications`: hash id → record text (streamproc/notifications.py);
+- 12 index sets, one per (type, channel, status): id → creation score. A record is in exactly one,
+  moved when its status changes, in the same script; so the stats are their sizes (O(1)) and a
+  filtered page merges at most 12 time-ordered sets from the cursor on;
+- a set per customer (id → the same score), for the customer filter;
+- the schedule: id → when a pending record is due (a retry, a resend, or a lease expiry);
+- leases: id → owner|expiry while a consumer attempts it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aredis
+
+from streamproc.keys import Keys
+from streamproc.lua import AsyncScripts
+from streamproc.notifications import (
+    CHANNELS,
+    FAILED,
+    PENDING,
+    SCORE_PER_MS,
+    STATUS_CODES,
+    STATUSES,
+    TYPES,
+    Notification,
+    created_ms_of,
+    decode_record,
+    encode_record,
+    split_id,
+)
+from streamproc.replies import text
+
+COMBINATIONS: tuple[tuple[str, str, str], ...] = tuple(itertools.product(TYPES, CHANNELS, STATUSES))
+EXPIRE_BATCH = 1000
+RESEND_TRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """Take record `record_id` for one attempt; `create` it when missing (b"" = never)."""
+
+    record_id: str
+    order_id: str
+    state: str = ""  # the state the message carries; "" skips the staleness check
+    attempt: int = 1
+    create: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The verdict on one request, and the stored record when it is ours to resume."""
+
+    verdict: str
+    stored: Notification | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What one attempt did: op begin | sent | retry | failed, the record to store, due (retry)."""
+
+    op: str
+    record: Notification
+    due_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """Filters and paging of a listing (None = any); dates are ms bounds, `before` a cursor."""
+
+    kind: str | None = None
+    channel: str | None = None
+    status: str | None = None
+    customer_id: int | None = None
+    from_ms: int | None = None
+    until_ms: int | None = None  # exclusive
+    limit: int = 50
+    cursor: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Records newest first, the cursor of the next page (None: last page) and the total."""
+
+    items: list[Notification]
+    next_cursor: str | None
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counts per (type, channel, status), and how many records were created since `since_ms`."""
+
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    since: int = 0
+
+    def total(
+        self, kind: str | None = None, channel: str | None = None, status: str | None = None
+    ) -> int:
+        """Records of that type, channel and status (None = any)."""
+        return sum(
+            n
+            for (k, c, s), n in self.counts.items()
+            if kind in (None, k) and channel in (None, c) and status in (None, s)
+        )
+
+
+class NotificationStore:
+    """The notification keys of one namespace, through the notify scripts."""
+
+    def __init__(self, client: aredis.Redis, scripts: AsyncScripts, keys: Keys) -> None:
+        self.client = client
+        self.scripts = scripts
+        self.keys = keys
+        self._records = keys.notifications
+        self._leases = keys.notification_leases
+        self._schedule = keys.notification_schedule
+
+    # -- consumers ------------------------------------------------------------------------------
+    async def claim(
+        self, owner: str, now_ms: int, lease_ms: int, requests: Sequence[ClaimRequest]
+    ) -> list[Claim]:
+        """Lease each request's record for one attempt (creating new ones), in one script."""
+        if not requests:
+            return []
+        keys = [self._records, self._leases, self._schedule, self.keys.notification_clock]
+        args: list[Any] = [
+            owner,
+            now_ms,
+            lease_ms,
+            self.keys.notification_index_prefix,
+            self.keys.notification_customer_prefix,
+        ]
+        for request in requests:
+            keys.append(self.keys.order(request.order_id))
+            args += (request.record_id, request.state, request.attempt, request.create)
+        reply = await self.scripts.run("notify_claim", keys, args)
+        claims = []
+        for request, verdict, raw in zip(requests, reply[0::2], reply[1::2], strict=True):
+            stored = decode_record(request.record_id, raw) if raw else None
+            claims.append(Claim(text(verdict), stored))
+        return claims
+
+    async def settle(self, owner: str, items: Sequence[Settlement]) -> list[bool]:
+        """Record what each attempt did, for the records `owner` still leases; applied or not."""
+        if not items:
+            return []
+        args: list[Any] = [owner, self.keys.notification_index_prefix]
+        for item in items:
+            args += (item.record.id, item.op, encode_record(item.record), item.due_ms)
+        reply = await self.scripts.run(
+            "notify_settle", [self._records, self._leases, self._schedule], args
+        )
+        return [int(x) == 1 for x in reply]
+
+    async def due(self, now_ms: int, limit: int) -> list[str]:
+        """Ids of pending records due now (retries, resends, attempts whose holder died)."""
+        ids = await self.client.zrangebyscore(self._schedule, "-inf", now_ms, start=0, num=limit)
+        return [text(x) for x in ids]
+
+    async def expire(self, cutoff_ms: int) -> int:
+        """Drop every record created before `cutoff_ms`, with its index entries; how many."""
+        keys = [self._records, self._leases, self._schedule, *self._index_keys()]
+        args = [cutoff_ms * SCORE_PER_MS, EXPIRE_BATCH, self.keys.notification_customer_prefix]
+        dropped = 0
+        while True:
+            done = int(await self.scripts.run("notify_expire", keys, args))
+            dropped += done
+            if done < EXPIRE_BATCH:
+                return dropped
+
+    # -- API --------------------------------------------------------------------------------------
+    async def page(self, query: PageQuery) -> Page:
+        """One page of records, newest first, with the total matching the filters."""
+        lo = "-inf" if query.from_ms is None else str(query.from_ms * SCORE_PER_MS)
+        top = "+inf" if query.until_ms is None else f"({query.until_ms * SCORE_PER_MS}"
+        hi = top if query.cursor is None else f"({query.cursor}"
+        if query.customer_id is None:
+            sets = self._index_keys(query.kind, query.channel, query.status)
+            filters = ["", "", ""]
+        else:
+            sets = [self.keys.notification_customer(query.customer_id)]
+            filters = [
+                query.kind or "",
+                query.channel or "",
+                STATUS_CODES[query.status] if query.status else "",
+            ]
+        reply = await self.scripts.run(
+            "notify_list",
+            [self._records, self._schedule, *sets],
+            [hi, lo, query.limit, *filters, top],
+        )
+        cursor, total, rest = text(reply[0]), int(reply[1]), reply[2:]
+        rows = zip(rest[0::4], rest[1::4], rest[2::4], rest[3::4], strict=True)
+        items = [self._read(text(rid), raw, score, due) for rid, score, raw, due in rows]
+        return Page(items, cursor or None, total)
+
+    async def get(self, record_ids: Sequence[str]) -> list[Notification | None]:
+        """These records with their creation and due times (None where there is none)."""
+        if not record_ids:
+            return []
+        raws = await self.client.hmget(self._records, list(record_ids))
+        found = [
+            (rid, decode_record(rid, raw if isinstance(raw, bytes) else raw.encode()))
+            for rid, raw in zip(record_ids, raws, strict=True)
+            if raw
+        ]
+        pipe = self.client.pipeline(transaction=False)
+        for rid, record in found:
+            pipe.zscore(self.index_key(rid, record.status), rid)
+            pipe.zscore(self._schedule, rid)
+        scores = await pipe.execute()
+        by_id: dict[str, Notification] = {}
+        for (rid, record), created, due in zip(found, scores[0::2], scores[1::2], strict=True):
+            record.created_ms = created_ms_of(created) if created is not None else 0
+            record.due_ms = int(due) if due is not None and record.status == PENDING else 0
+            by_id[rid] = record
+        return [by_id.get(rid) for rid in record_ids]
+
+    async def stats(self, since_ms: int) -> Stats:
+        """Records per (type, channel, status) and created since `since_ms`: 24 O(log n) reads."""
+        pipe = self.client.pipeline(transaction=True)
+        floor = since_ms * SCORE_PER_MS
+        for combination in COMBINATIONS:
+            key = self.keys.notification_index(*combination)
+            pipe.zcard(key)
+            pipe.zcount(key, floor, "+inf")
+        replies = await pipe.execute()
+        counts = dict(zip(COMBINATIONS, (int(x) for x in replies[0::2]), strict=True))
+        return Stats(counts, sum(int(x) for x in replies[1::2]))
+
+    async def resend(self, record_id: str, now_ms: int) -> tuple[str, Notification | None]:
+        """Give a failed record one more attempt, due now: ("ok" | "missing" | status, record).
+
+        Any status but failed is refused with that status (sent, pending). One new attempt is
+        allowed whatever the retry limit: a resend is a person asking for exactly one more try.
+        """
+        for _ in range(RESEND_TRIES):
+            (current,) = await self.get([record_id])
+            if current is None:
+                return "missing", None
+            if current.status != FAILED:
+                return current.status, current
+            stored = encode_record(current)
+            current.status, current.max_attempts = PENDING, current.attempts + 1
+            outcome = text(
+                await self.scripts.run(
+                    "notify_resend",
+                    [self._records, self._schedule],
+                    [
+                        record_id,
+                        stored,
+                        encode_record(current),
+                        now_ms,
+                        self.keys.notification_index_prefix,
+                    ],
+                )
+            )
+            if outcome == "ok":
+                current.due_ms = now_ms
+                return "ok", current
+            if outcome == "missing":
+                return "missing", None
+        return "changed", None
+
+    # -- names ----------------------------------------------------------------------------------
+    def index_key(self, record_id: str, status: str) -> str:
+        """The index set of record `record_id` while its status is `status`."""
+        _, kind, channel = split_id(record_id)
+        return self.keys.notification_index(kind, channel, status)
+
+    def _index_keys(
+        self, kind: str | None = None, channel: str | None = None, status: str | None = None
+    ) -> list[str]:
+        return [
+            self.keys.notification_index(k, c, s)
+            for k, c, s in COMBINATIONS
+            if kind in (None, k) and channel in (None, c) and status in (None, s)
+        ]
+
+    def _read(self, record_id: str, raw: bytes, score: bytes, due: bytes) -> Notification:
+        record = decode_record(record_id, raw, created_ms_of(score))
+        record.due_ms = int(due) if due else 0
+        return record
