@@ -285,7 +285,8 @@ def test_paused_payment_consumer_is_fenced(fleet: Fleet, r: redis.Redis, tmp_pat
         fleet.env,
         STREAMPROC_PAYMENT_SUCCESS_RATE="0.7",
         STREAMPROC_PAYMENT_SEED=str(seed),
-        STREAMPROC_PAYMENT_LATENCY_MS="400",
+        # Long enough that a busy runner still stops payment-a inside its gateway sleep.
+        STREAMPROC_PAYMENT_LATENCY_MS="1500",
         STREAMPROC_CLAIM_IDLE_MS="1000",
     )
     catalogue = {"SKU-F": 1000}
@@ -300,7 +301,7 @@ def test_paused_payment_consumer_is_fenced(fleet: Fleet, r: redis.Redis, tmp_pat
         fleet.wait_registered(stage, 1)
 
     assert ingest_json(env, orders_csv)["imported"] == count
-    # All orders are read by payment-a and it sleeps in the gateway call (400 ms): stop it there.
+    # All orders are read by payment-a and it sleeps in the gateway call (1.5 s): stop it there.
     wait_for(
         lambda: pending_of(r, "payment-a")["payment"] == count, 10, "payment-a to read the orders"
     )
