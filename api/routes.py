@@ -6,6 +6,7 @@ from api.endpoints import Endpoint
 from api.handlers import deadletters, kpis, leaderboards, orders, streams, system
 from api.handlers import notifications as notes
 from api.handlers import preferences as prefs
+from streamproc.analytics.rebuild import RebuildReport
 
 # DuckDB over millions of facts can outlast the default Redis deadline on a busy machine, and a
 # rebuild reads the whole store (each Redis command still has the default's socket timeout).
@@ -49,7 +50,7 @@ ENDPOINTS: list[Endpoint] = [
              "Top products by quantity sold", leaderboards.ProductBoard,
              query=leaderboards.BoardQuery, tag="leaderboards"),
     Endpoint("POST", "/api/leaderboard/rebuild", leaderboards.rebuild_leaderboards,
-             "Recompute the leaderboards from the snapshot store", leaderboards.RebuildView,
+             "Recompute the leaderboards from the snapshot store", RebuildReport,
              auth=True, tag="leaderboards", errors=(409,), deadline_ms=REBUILD_DEADLINE_MS),
 ]  # fmt: skip
 

@@ -161,19 +161,7 @@ class StageStream:
 
     async def read_raw(self, count: int, block_ms: int | None) -> list[tuple[bytes, Any]]:
         """New entries as the server sent them: (id, flat field list) pairs, nothing decoded."""
-        try:
-            reply = await self.client.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
-            )
-        except ResponseError as exc:
-            _raise_if_lost(exc, self.stream)
-            raise
-        raw: Any = reply
-        if not raw:
-            return []
-        if isinstance(raw, dict):  # RESP3: {stream: [entries]}
-            raw = list(raw.items())
-        return [(msg_id, fields) for _stream, entries in raw for msg_id, fields in entries]
+        return await self._read_entries(">", count, block_ms)
 
     async def read_pending(self, count: int, after: bytes = b"0") -> list[Message]:
         """This consumer's own unacked entries with ids above `after` (after a restart)."""
@@ -182,14 +170,25 @@ class StageStream:
     async def _read_group(
         self, start: str | bytes, count: int, block_ms: int | None
     ) -> list[Message]:
+        entries = await self._read_entries(start, count, block_ms)
+        # An entry without fields was trimmed while pending: nothing left to handle.
+        return [parse_entry(msg_id, fields) for msg_id, fields in entries if fields]
+
+    async def _read_entries(
+        self, start: str | bytes, count: int, block_ms: int | None
+    ) -> list[tuple[bytes, Any]]:
         try:
-            reply = await self.client.xreadgroup(
+            reply: Any = await self.client.xreadgroup(
                 self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
             )
         except ResponseError as exc:
             _raise_if_lost(exc, self.stream)
             raise
-        return _messages(reply)
+        if not reply:
+            return []
+        if isinstance(reply, dict):  # RESP3: {stream: [entries]}
+            reply = list(reply.items())
+        return [(msg_id, fields) for _stream, entries in reply for msg_id, fields in entries]
 
     async def delivery_counts(self, messages: Sequence[Message]) -> None:
         """Set each message's server-side delivery counter (XPENDING; reads do not carry it)."""
@@ -363,19 +362,6 @@ def _revenue(message: Message) -> str:
 def _raw_reply(response: Any, **options: Any) -> Any:
     """XREADGROUP's reply as the server sent it: [[stream, [[id, [field, value, …]], …]]]."""
     return response
-
-
-def _messages(reply: Any) -> list[Message]:
-    if not reply:
-        return []
-    if isinstance(reply, dict):  # RESP3: {stream: [entries]}
-        reply = list(reply.items())
-    return [
-        parse_entry(msg_id, fields)
-        for _stream, entries in reply
-        for msg_id, fields in entries
-        if fields
-    ]
 
 
 def _raise_if_lost(exc: ResponseError, stream: str) -> None:

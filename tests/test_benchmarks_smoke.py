@@ -289,16 +289,17 @@ def test_analytics_benchmark_store_is_what_the_snapshot_stage_writes(tmp_path: P
     import duckdb
 
     from benchmarks.analytics import write_store
-    from streamproc.analytics.facts import Fact, FactLine
+    from streamproc.analytics.facts import fact_row
     from streamproc.analytics.kpis import query_range
     from streamproc.analytics.store import FactStore, Snapshot, source_sql
+    from streamproc.models import Line, Order, encode_order
 
     files = write_store(tmp_path / "store", 4_000, 3, seed=11)
     assert len(files) == 3 and sum(i.rows for i in files.values()) == 4_000
     paths = sorted(str(tmp_path / "store" / name) for name in files)
-    line = FactLine("SKU-1", "One", 2, 500)
-    fact = Fact(1, "o", 1, "completed", False, 5, "n", "USD", "2025-01-01", "x", 500, 2, [line], 1)
-    ref_name, _ = FactStore(tmp_path / "ref").write([fact], "1-0")
+    order = Order("o", 5, "n", "USD", "2025-01-01T00:00:00Z", [Line("SKU-1", "One", 2, 250)])
+    row = fact_row(b"1-0", b"1", b"completed", False, encode_order(order))
+    ref_name, _ = FactStore(tmp_path / "ref").write_rows([row], "1-0")
     con = duckdb.connect(":memory:")
 
     def schema(path: str) -> list[tuple[object, ...]]:

@@ -21,7 +21,7 @@ from streamproc.analytics.leaderboard import (
     top_customers,
     top_products,
 )
-from streamproc.analytics.rebuild import RebuildBusy, RebuildLost, rebuild
+from streamproc.analytics.rebuild import RebuildBusy, RebuildLost, RebuildReport, rebuild
 
 
 class BoardQuery(msgspec.Struct):
@@ -95,17 +95,6 @@ class CustomerRank(msgspec.Struct):
     total_spent: float
     order_count: int
     customers_ranked: int
-
-
-class RebuildView(msgspec.Struct):
-    """What a rebuild recomputed: currencies, board sizes, and the sources it read."""
-
-    currencies: list[str]
-    customers: int
-    products: int
-    facts_files: int
-    unsnapshotted_orders: int
-    seconds: float
 
 
 async def _standing(call: Call[CustomerPath, CurrencyQuery, None]) -> CustomerStanding:
@@ -183,7 +172,7 @@ async def get_customer(call: Call[CustomerPath, CurrencyQuery, None]) -> Custome
     )
 
 
-async def rebuild_leaderboards(call: Call[None, None, None]) -> RebuildView:
+async def rebuild_leaderboards(call: Call[None, None, None]) -> RebuildReport:
     """Recompute every board from the snapshot store and swap them in atomically."""
     services = call.services
     try:
@@ -196,11 +185,4 @@ async def rebuild_leaderboards(call: Call[None, None, None]) -> RebuildView:
         ) from None
     except RebuildLost:
         raise Conflict("The rebuild stalled and was abandoned; run it again.") from None
-    return RebuildView(
-        report.currencies,
-        report.customers,
-        report.products,
-        report.facts_files,
-        report.unsnapshotted_orders,
-        report.seconds,
-    )
+    return report

@@ -14,6 +14,7 @@ import redis.asyncio as aredis
 
 from streamproc.analytics.kpis import average_cents
 from streamproc.keys import Keys
+from streamproc.replies import text
 
 
 class CustomerEntry(msgspec.Struct):
@@ -52,10 +53,6 @@ class CustomerStanding(msgspec.Struct):
     customers_ranked: int
 
 
-def _s(value: bytes | None) -> str:
-    return value.decode() if value else ""
-
-
 async def _top(client: aredis.Redis, board: str, limit: int) -> list[tuple[bytes, float]]:
     rows = await client.zrevrange(board, 0, limit - 1, withscores=True)
     return cast(list[tuple[bytes, float]], rows)
@@ -75,7 +72,7 @@ async def top_customers(
     fields = [f"{m.decode()}:{f}" for m, _ in rows for f in ("n", "name")]
     info = await _hmget(client, keys.leaderboard(currency, "customer_info"), fields)
     return [
-        CustomerEntry(rank, int(member), _s(info[2 * i + 1]), int(info[2 * i] or 0), int(score))
+        CustomerEntry(rank, int(member), text(info[2 * i + 1]), int(info[2 * i] or 0), int(score))
         for i, (rank, (member, score)) in enumerate(enumerate(rows, start=1))
     ]
 
@@ -93,7 +90,7 @@ async def top_products(
         ProductEntry(
             rank,
             member.decode(),
-            _s(info[3 * i]),
+            text(info[3 * i]),
             int(score),
             int(info[3 * i + 1] or 0),
             int(info[3 * i + 2] or 0),
@@ -122,13 +119,13 @@ async def customer_standing(
     spent, count = int(score), int(orders or 0)
     return CustomerStanding(
         customer_id=customer_id,
-        customer_name=_s(name),
+        customer_name=text(name),
         currency=currency,
         order_count=count,
         total_spent_cents=spent,
         average_order_value_cents=average_cents(spent, count),
-        first_order=_s(first),
-        last_order=_s(last_key).partition("|")[0],
+        first_order=text(first),
+        last_order=text(last_key).partition("|")[0],
         rank=int(rank) + 1,
         customers_ranked=int(size),
     )

@@ -3,8 +3,8 @@
 1. lb_rebuild_begin.lua sets the marker and returns the manifest's files and the facts stream's
    unacked range. From then on commit.lua adds each completion to the staging boards too, and the
    snapshot stage registers nothing, so files + unacked entries = every completion before.
-2. DuckDB sums the files; the unacked entries are read and summed here; both are merged into the
-   staging boards (lb_rebuild_merge.lua, in chunks).
+2. DuckDB sums the files and the unacked entries (as fact rows) with the live updates' rules;
+   the sums are merged into the staging boards (lb_rebuild_merge.lua, in chunks).
 3. lb_rebuild_swap.lua renames the staging boards over the live ones and drops the marker.
 Readers see the old boards until the swap, then the new ones: never a partial board.
 """
@@ -14,18 +14,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aredis
 
-from streamproc.analytics.facts import Fact, fact_of
-from streamproc.analytics.store import Duck, source_sql
+from streamproc.analytics.facts import row_of_message
+from streamproc.analytics.store import Duck, FactStore, rows_sql, source_sql
 from streamproc.errors import StreamprocError
-from streamproc.keys import Keys
+from streamproc.keys import BOARDS, Keys
 from streamproc.lua import AsyncScripts
 from streamproc.models import COMPLETED
 from streamproc.replies import id_key, text
@@ -46,7 +44,7 @@ class RebuildLost(StreamprocError):
 
 
 class RebuildReport(msgspec.Struct):
-    """What a rebuild did."""
+    """What a rebuild recomputed: currencies, board sizes, and the sources it read."""
 
     currencies: list[str]
     customers: int
@@ -56,111 +54,55 @@ class RebuildReport(msgspec.Struct):
     seconds: float
 
 
-@dataclass(slots=True)
-class CustomerSum:
-    """A customer's completed orders in one currency, summed."""
-
-    cents: int = 0
-    orders: int = 0
-    name: str = ""
-    first: str = ""
-    last: str = ""
-
-    def add(self, cents: int, orders: int, name: str, first: str, last: str) -> None:
-        """Fold in more orders (the name follows the latest order)."""
-        self.cents += cents
-        self.orders += orders
-        if not self.first or first < self.first:
-            self.first = first
-        if last > self.last:
-            self.last, self.name = last, name
-
-
-@dataclass(slots=True)
-class ProductSum:
-    """A SKU's completed lines in one currency, summed."""
-
-    units: int = 0
-    cents: int = 0
-    orders: int = 0
-    name: str = ""
-    last: str = ""
-
-    def add(self, units: int, cents: int, orders: int, name: str, last: str) -> None:
-        """Fold in more lines (the name follows the latest order that named it)."""
-        self.units += units
-        self.cents += cents
-        self.orders += orders
-        if name and last > self.last:
-            self.last, self.name = last, name
-
-
-@dataclass(slots=True)
-class Boards:
-    """Recomputed boards, by (currency, customer id) and (currency, SKU)."""
-
-    customers: dict[tuple[str, str], CustomerSum] = field(default_factory=dict)
-    products: dict[tuple[str, str], ProductSum] = field(default_factory=dict)
-
-    def add_fact(self, fact: Fact) -> None:
-        """Fold in one completed order."""
-        key = f"{fact.order_date}|{fact.order_id}"
-        customer = self.customers.setdefault((fact.currency, str(fact.customer_id)), CustomerSum())
-        customer.add(fact.total_cents, 1, fact.customer_name, fact.order_date, key)
-        per_sku: dict[str, list[Any]] = {}
-        for line in fact.lines:
-            units, cents, name = per_sku.get(line.sku, [0, 0, ""])
-            per_sku[line.sku] = [
-                units + line.quantity,
-                cents + line.amount_cents,
-                line.name or name,
-            ]
-        for sku, (units, cents, name) in per_sku.items():
-            product = self.products.setdefault((fact.currency, sku), ProductSum())
-            product.add(units, cents, 1, name, key)
-
-
+FILES_SQL = "SELECT * FROM {src}"
+# Rows in the shape lb_rebuild_merge.lua takes (9 values each), the same rules as the live
+# updates in lua/lib/leaderboard.lua: sums, first order date, name on the latest order.
 CUSTOMERS_SQL = """
-SELECT currency, customer_id::VARCHAR, sum(total_cents)::BIGINT, count(*),
+SELECT 'c', currency, customer_id::VARCHAR, sum(total_cents)::BIGINT, '', count(*),
        arg_max(customer_name, order_date || '|' || order_id), min(order_date),
        max(order_date || '|' || order_id)
-FROM {src} WHERE state = 'completed' GROUP BY ALL
+FROM {src} WHERE state = 'completed' GROUP BY currency, customer_id
 """
 PRODUCTS_SQL = """
 WITH l AS (
   SELECT currency, order_id, order_date || '|' || order_id AS k, unnest(lines) AS line
   FROM {src} WHERE state = 'completed'
 )
-SELECT currency, line.sku, sum(line.quantity)::BIGINT, sum(line.amount_cents)::BIGINT,
+SELECT 'p', currency, line.sku, sum(line.quantity)::BIGINT, sum(line.amount_cents)::BIGINT,
        count(DISTINCT order_id),
-       coalesce(arg_max(line.name, k) FILTER (WHERE line.name <> ''), ''),
+       coalesce(arg_max(line.name, k) FILTER (WHERE line.name <> ''), ''), '',
        coalesce(max(k) FILTER (WHERE line.name <> ''), '')
-FROM l GROUP BY ALL
+FROM l GROUP BY currency, line.sku
 """
 
 
-def sum_files(paths: list[str]) -> Boards:
-    """The boards of every completed fact in the given store files (blocking)."""
-    boards = Boards()
-    if not paths:
-        return boards
-    cur = Duck.cursor()
-    src = source_sql(paths)
-    for currency, customer, cents, orders, name, first, last in cur.execute(
-        CUSTOMERS_SQL.format(src=src)
-    ).fetchall():
-        boards.customers[(currency, customer)] = CustomerSum(cents, orders, name, first, last)
-    for currency, sku, units, cents, orders, name, last in cur.execute(
-        PRODUCTS_SQL.format(src=src)
-    ).fetchall():
-        boards.products[(currency, sku)] = ProductSum(units, cents, orders, name, last)
-    return boards
+def sum_boards(
+    paths: list[str], late_rows: list[bytes], temp: Path
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Customer and product merge rows over the given store files plus facts.fact_row rows of
+    completions not yet in them (blocking)."""
+    sources = [FILES_SQL.format(src=source_sql(paths))] if paths else []
+    ndjson = temp / f"rebuild-{uuid.uuid4().hex}.ndjson"
+    if late_rows:
+        ndjson.write_bytes(b"".join(late_rows))
+        sources.append(rows_sql(ndjson))
+    if not sources:
+        return [], []
+    try:
+        src = "(" + " UNION ALL BY NAME ".join(f"({q})" for q in sources) + ")"
+        cur = Duck.cursor()
+        customers = cur.execute(CUSTOMERS_SQL.format(src=src)).fetchall()
+        products = cur.execute(PRODUCTS_SQL.format(src=src)).fetchall()
+    finally:
+        ndjson.unlink(missing_ok=True)
+    return customers, products
 
 
 async def unacked_completions(
     client: aredis.Redis, stream: str, group: str, delivered: str, top: str
-) -> list[Fact]:
-    """Completed facts among the stream's entries not acked when the rebuild began."""
+) -> list[bytes]:
+    """Fact rows of the completions among the stream's entries not acked when the rebuild
+    began."""
     ids: list[bytes] = []
     start = "-"
     while delivered != "0-0":
@@ -188,19 +130,12 @@ async def unacked_completions(
             if len(page) < READ_PAGE:
                 break
             start = "(" + text(page[-1][0])
-    facts = []
+    completed: list[bytes] = []
     for entry_id, fields in entries:
         message = parse_entry(entry_id, fields)
         if message.order is not None and message.state == COMPLETED:
-            facts.append(fact_of(message))
-    return facts
-
-
-def _rows(boards: Boards) -> Iterator[list[Any]]:
-    for (currency, customer), c in boards.customers.items():
-        yield ["c", currency, customer, c.cents, "", c.orders, c.name, c.first, c.last]
-    for (currency, sku), p in boards.products.items():
-        yield ["p", currency, sku, p.units, p.cents, p.orders, p.name, "", p.last]
+            completed.append(row_of_message(message))
+    return completed
 
 
 async def rebuild(
@@ -218,25 +153,24 @@ async def rebuild(
             keys.stream("snapshot"),
             keys.snapshot_files,
         ],
-        [token, MARKER_TTL_MS, staging, keys.group("snapshot")],
+        [token, MARKER_TTL_MS, staging, keys.group("snapshot"), *BOARDS],
     )
     if text(begun[0]) == "busy":
         raise RebuildBusy("a leaderboard rebuild is already running")
     delivered, top = text(begun[1]), text(begun[2])
     files = [text(name) for name in begun[3:]]
     try:
-        boards = await asyncio.to_thread(sum_files, sorted(str(store_root / n) for n in files))
         late = await unacked_completions(
             client, keys.stream("snapshot"), keys.group("snapshot"), delivered, top
         )
-        if late:
-            extra = Boards()
-            for fact in late:
-                extra.add_fact(fact)
-            _fold(boards, extra)
+        store = FactStore(store_root)
+        store.prepare()
+        customers, products = await asyncio.to_thread(
+            sum_boards, sorted(str(store_root / n) for n in files), late, store.temp
+        )
         chunk: list[Any] = []
         merge_keys = [keys.leaderboard_rebuild, keys.leaderboard_currencies(staging=True)]
-        for row in _rows(boards):
+        for row in (*customers, *products):
             chunk += row
             if len(chunk) >= CHUNK_ROWS * 9:
                 await _merge(scripts, merge_keys, token, staging, chunk)
@@ -250,7 +184,7 @@ async def rebuild(
                 keys.leaderboard_currencies(),
                 keys.leaderboard_currencies(staging=True),
             ],
-            [token, keys.leaderboard_prefix(), staging],
+            [token, keys.leaderboard_prefix(), staging, *BOARDS],
         )
         if text(swapped) != "ok":
             raise RebuildLost("the rebuild stalled and its marker expired; run it again")
@@ -260,22 +194,13 @@ async def rebuild(
             await client.delete(keys.leaderboard_rebuild)
         raise
     return RebuildReport(
-        currencies=sorted({c for c, _ in boards.customers} | {c for c, _ in boards.products}),
-        customers=len(boards.customers),
-        products=len(boards.products),
+        currencies=sorted({row[1] for row in (*customers, *products)}),
+        customers=len(customers),
+        products=len(products),
         facts_files=len(files),
         unsnapshotted_orders=len(late),
         seconds=round(time.monotonic() - started, 3),
     )
-
-
-def _fold(into: Boards, extra: Boards) -> None:
-    for key, c in extra.customers.items():
-        into.customers.setdefault(key, CustomerSum()).add(
-            c.cents, c.orders, c.name, c.first, c.last
-        )
-    for key, p in extra.products.items():
-        into.products.setdefault(key, ProductSum()).add(p.units, p.cents, p.orders, p.name, p.last)
 
 
 async def _merge(

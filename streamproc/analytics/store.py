@@ -25,8 +25,9 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 
-from streamproc.analytics.facts import COLUMNS, FACTS_FROM_ROWS, ROW_COLUMNS, SEQ_BITS, Fact
+from streamproc.analytics.facts import FACTS_FROM_ROWS, ROW_COLUMNS, SEQ_BITS
 from streamproc.keys import Keys
+from streamproc.replies import id_key
 
 PREFIX = "facts-"
 SUFFIX = ".parquet"
@@ -121,6 +122,12 @@ def quote(path: str | Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
+def rows_sql(ndjson: Path) -> str:
+    """A query deriving facts (the store's columns) from a file of facts.fact_row rows."""
+    source = f"read_json({quote(ndjson)}, format='newline_delimited', columns={ROW_COLUMNS})"
+    return FACTS_FROM_ROWS.format(source=source, bits=SEQ_BITS)
+
+
 def source_sql(paths: Sequence[str]) -> str:
     """A FROM clause reading the given files."""
     return f"read_parquet([{', '.join(quote(p) for p in paths)}])"
@@ -157,45 +164,26 @@ class FactStore:
         """Create the directories."""
         self.temp.mkdir(parents=True, exist_ok=True)
 
-    def write(
-        self, facts: Sequence[Fact], last_id: str, on_half: Callable[[], None] | None = None
-    ) -> tuple[str, FileInfo]:
-        """Write Fact structs to a new file in place (not registered); returns its name, info."""
-        columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
-        return self._write(
-            _encoder.encode_lines(facts), "SELECT * FROM {source}", columns, last_id, on_half
-        )
-
     def write_rows(
         self, rows: Sequence[bytes], last_id: str, on_half: Callable[[], None] | None = None
     ) -> tuple[str, FileInfo]:
-        """Write facts.fact_row rows (DuckDB derives the facts) to a new file; its name, info."""
-        return self._write(b"".join(rows), FACTS_FROM_ROWS, ROW_COLUMNS, last_id, on_half)
-
-    def _write(
-        self,
-        ndjson_data: bytes,
-        select: str,
-        columns: str,
-        last_id: str,
-        on_half: Callable[[], None] | None,
-    ) -> tuple[str, FileInfo]:
+        """Write facts.fact_row rows (DuckDB derives the facts) to a new file in place, not yet
+        registered; returns its name and info."""
         self.prepare()
         token = uuid.uuid4().hex
         ndjson = self.temp / f"{token}.ndjson"
         parquet = self.temp / f"{token}{SUFFIX}"
         try:
-            ndjson.write_bytes(ndjson_data)
+            ndjson.write_bytes(b"".join(rows))
             if on_half is not None:
                 on_half()
-            source = f"read_json({quote(ndjson)}, format='newline_delimited', columns={columns})"
             cur = Duck.cursor()
             # COPY takes no parameters; every name here is ours (uuid temp names, quoted).
             cur.execute(
-                f"COPY ({select.format(source=source, bits=SEQ_BITS)} ORDER BY day, customer_id) "
+                f"COPY ({rows_sql(ndjson)} ORDER BY day, customer_id) "
                 f"TO {quote(parquet)} (FORMAT parquet, COMPRESSION zstd)"
             )
-            rows, min_day, max_day = cur.execute(
+            count, min_day, max_day = cur.execute(
                 SPAN_SQL.format(source=source_sql([str(parquet)]))
             ).fetchone() or (0, "", "")
             _fsync(parquet)
@@ -206,12 +194,12 @@ class FactStore:
             ndjson.unlink(missing_ok=True)
             parquet.unlink(missing_ok=True)
         size = (self.root / name).stat().st_size
-        return name, FileInfo(int(rows), str(min_day), str(max_day), last_id, size)
+        return name, FileInfo(int(count), str(min_day), str(max_day), last_id, size)
 
     def merge(self, names: Sequence[str], infos: Sequence[FileInfo]) -> tuple[str, FileInfo]:
         """Write one file holding every fact of `names` (sorted by day); returns its name, info."""
         self.prepare()
-        last_id = max((i.last_id for i in infos), key=_id_key)
+        last_id = max((i.last_id for i in infos), key=id_key)
         name = file_name(last_id, merged=True)
         parquet = self.temp / f"{uuid.uuid4().hex}{SUFFIX}"
         try:
@@ -252,11 +240,6 @@ class FactStore:
                         if now_s - path.stat().st_mtime > ORPHAN_AGE_S:
                             found.append(rel)
         return found
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, n = entry_id.partition("-")
-    return int(ms), int(n or 0)
 
 
 def _fsync(path: Path) -> None:

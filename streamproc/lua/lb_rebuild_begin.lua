@@ -6,13 +6,14 @@
 -- to the stream's last id). Nothing acks them while the marker stands.
 -- KEYS[1] marker  KEYS[2] staging currencies set  KEYS[3] facts stream  KEYS[4] manifest hash
 -- ARGV[1] token  ARGV[2] marker TTL (ms)  ARGV[3] staging key prefix  ARGV[4] facts group
+-- ARGV[5..] board names (keys.BOARDS)
 -- Returns {"busy"} or {"ok", last-delivered id, last stream id, file names...}.
 if redis.call("EXISTS", KEYS[1]) == 1 then
   return { "busy" }
 end
 for _, cur in ipairs(redis.call("SMEMBERS", KEYS[2])) do
-  for _, board in ipairs({ "customers", "customer_info", "products", "product_info" }) do
-    redis.call("UNLINK", ARGV[3] .. cur .. ":" .. board)
+  for b = 5, #ARGV do
+    redis.call("UNLINK", ARGV[3] .. cur .. ":" .. ARGV[b])
   end
 end
 redis.call("DEL", KEYS[2])

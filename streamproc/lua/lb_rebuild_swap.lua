@@ -1,7 +1,7 @@
 -- lb_rebuild_swap.lua: put the staging boards in place of the live ones in one step (readers see
 -- the old boards or the new, never a mix or an empty board), and end the rebuild.
 -- KEYS[1] marker  KEYS[2] live currencies set  KEYS[3] staging currencies set
--- ARGV[1] token  ARGV[2] live key prefix  ARGV[3] staging key prefix
+-- ARGV[1] token  ARGV[2] live key prefix  ARGV[3] staging key prefix  ARGV[4..] board names
 -- Returns "ok", or "lost" when the marker expired or belongs to another rebuild.
 if redis.call("GET", KEYS[1]) ~= ARGV[1] then
   return "lost"
@@ -16,8 +16,8 @@ for _, set in ipairs({ KEYS[2], KEYS[3] }) do
   end
 end
 for _, cur in ipairs(currencies) do
-  for _, board in ipairs({ "customers", "customer_info", "products", "product_info" }) do
-    local live, staged = ARGV[2] .. cur .. ":" .. board, ARGV[3] .. cur .. ":" .. board
+  for b = 4, #ARGV do
+    local live, staged = ARGV[2] .. cur .. ":" .. ARGV[b], ARGV[3] .. cur .. ":" .. ARGV[b]
     -- UNLINK first: freeing a board of millions of members happens off the main thread.
     redis.call("UNLINK", live)
     if redis.call("EXISTS", staged) == 1 then
