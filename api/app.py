@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from api.endpoints import Services, build_routes
 from api.errors import ApiError
+from api.metrics import metrics
 from api.middleware import RequestContext
 from api.openapi import build_openapi
 from api.responses import JSON, failure
@@ -26,6 +27,7 @@ from streamproc import __version__
 from streamproc.connection import async_client, resolve_redis_url
 from streamproc.keys import Keys
 from streamproc.lua import AsyncScripts
+from streamproc.metrics import ApiMetrics, multiprocess_dir
 from streamproc.settings import Settings
 
 log = logging.getLogger("streamproc.api")
@@ -86,13 +88,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = build_routes(ENDPOINTS)
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False))
+    routes.append(Route("/metrics", metrics, methods=["GET"], include_in_schema=False))
+    api_metrics = ApiMetrics(multiprocess_dir())
     app = Starlette(
         debug=False,
         routes=routes,
-        middleware=[Middleware(RequestContext, max_body_bytes=settings.api_max_body_bytes)],
+        middleware=[
+            Middleware(
+                RequestContext, max_body_bytes=settings.api_max_body_bytes, metrics=api_metrics
+            )
+        ],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
+    app.state.metrics = api_metrics
     # A redirect has no JSON body; an API client is better served by a plain enveloped 404.
     app.router.redirect_slashes = False
     return app

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, access logs, the body-size limit and the last-resort 500."""
+"""Pure ASGI middleware: request ids, access logs, request metrics, the body-size limit and the
+last-resort 500."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import PayloadTooLarge
 from api.responses import failure
+from streamproc.metrics import OTHER, ApiMetrics
 
 log = logging.getLogger("streamproc.api")
 
@@ -24,11 +26,15 @@ _request_numbers = itertools.count(1)
 
 
 class RequestContext:
-    """Gives every request an id, logs it once answered, and turns a crash into a clean 500."""
+    """Gives every request an id, logs and counts it once answered, and turns a crash into a
+    clean 500."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, metrics: ApiMetrics | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run one request (HTTP only; lifespan passes through)."""
@@ -63,9 +69,16 @@ class RequestContext:
                 if not response_started:
                     response = failure(500, "Internal server error.", request_id=request_id)
                     await response(scope, receive, send_with_id)
-        elapsed_ms = (time.perf_counter() - started) * 1000
+        elapsed_s = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.observe(_route(scope), scope["method"], status, elapsed_s)
         log.info(
-            "%s %s %s %.1fms id=%s", scope["method"], scope["path"], status, elapsed_ms, request_id
+            "%s %s %s %.1fms id=%s",
+            scope["method"],
+            scope["path"],
+            status,
+            elapsed_s * 1000,
+            request_id,
         )
 
     def _limited(self, receive: Receive) -> Receive:
@@ -82,6 +95,13 @@ class RequestContext:
             return message
 
         return limited
+
+
+def _route(scope: Scope) -> str:
+    """The template of the route that answered (`/api/orders/{order_id}`), set on the scope by
+    the router; `other` for a path no route matched (a label per raw path would be unbounded)."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else OTHER
 
 
 def _too_large(limit: int) -> str:

@@ -56,7 +56,7 @@ class NotifyHandler:
         self.client = ctx.client
         self.keys = ctx.keys
         self.namespace = settings.namespace
-        self.store = NotificationStore(ctx.client, ctx.scripts, ctx.keys)
+        self.store = NotificationStore(ctx.client, ctx.scripts, ctx.keys, ctx.metrics)
         self.log = LogChannel(settings.notifications_log_path)
         smtp = SmtpConfig.from_url(settings.smtp_url) if settings.smtp_url else None
         self.email = EmailChannel(smtp, settings.smtp_from)

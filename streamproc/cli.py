@@ -202,10 +202,33 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[int, int | None], None] |
     type=click.IntRange(1, 100_000),
     help="Messages in flight per stage (default: 2000 for payment, 2 batches otherwise).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    envvar="STREAMPROC_METRICS_PORT",
+    help="Serve Prometheus metrics on this port at /metrics (0: none).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    envvar="STREAMPROC_METRICS_HOST",
+    help="Address the metrics port binds.",
+)
 @pass_env
 @handle_errors
-def consume(env: Env, stage: str, consumer: str | None, concurrency: int | None) -> None:
+def consume(
+    env: Env,
+    stage: str,
+    consumer: str | None,
+    concurrency: int | None,
+    metrics_port: int,
+    metrics_host: str,
+) -> None:
     """Run stage consumers until SIGTERM/SIGINT (first: finish in-flight work; second: exit)."""
+    # A consumer serves its own metrics; a multiprocess directory meant for API workers (say,
+    # inherited from a supervisor's environment) must not turn its values into files.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from streamproc.stages import resolve_stages
     from streamproc.worker import default_consumer_name, run_worker
 
@@ -218,7 +241,14 @@ def consume(env: Env, stage: str, consumer: str | None, concurrency: int | None)
     env.client().close()  # fail fast and clearly when the server is not there
     _use_uvloop()
     code = asyncio.run(
-        run_worker(env.settings, url, stages, consumer or default_consumer_name(), concurrency)
+        run_worker(
+            env.settings,
+            url,
+            stages,
+            consumer or default_consumer_name(),
+            concurrency,
+            (metrics_host, metrics_port) if metrics_port else None,
+        )
     )
     sys.exit(code)
 
@@ -386,26 +416,43 @@ def server_status(env: Env) -> None:
 @pass_env
 @handle_errors
 def api(env: Env, host: str, port: int, workers: int) -> None:
-    """Serve the HTTP API with uvicorn (uvloop, httptools); logs one line per request."""
+    """Serve the HTTP API with uvicorn (uvloop, httptools); logs one line per request.
+    GET /metrics serves Prometheus metrics (every worker's, in one scrape)."""
+    import shutil
+    import tempfile
+
     import uvicorn
 
     os.environ["STREAMPROC_REDIS_URL"] = env.url  # workers re-read settings from the environment
+    # Several workers share one fresh prometheus_client multiprocess directory, so a scrape
+    # answered by any of them counts every worker's requests; one worker keeps its values in
+    # memory (and exports its process metrics).
+    metrics_dir = tempfile.mkdtemp(prefix="streamproc-metrics-") if workers > 1 else None
+    if metrics_dir is None:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        click.echo(f"streamproc: metrics of {workers} workers collected in {metrics_dir}", err=True)
     # uvicorn re-raises the stop signal once it has shut down gracefully, so the handler in
     # place then decides the exit status: a clean stop exits 0, not "killed by SIGTERM".
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
-    uvicorn.run(
-        "api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,  # the app logs each request with its request id instead
-        server_header=False,
-        log_level=os.environ.get("STREAMPROC_LOG_LEVEL", "info").lower(),
-    )
+    try:
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,  # the app logs each request with its request id instead
+            server_header=False,
+            log_level=os.environ.get("STREAMPROC_LOG_LEVEL", "info").lower(),
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @main.group()

@@ -9,6 +9,7 @@ import redis.asyncio as aredis
 from streamproc.gateway import PaymentGateway
 from streamproc.keys import Keys
 from streamproc.lua import AsyncScripts
+from streamproc.metrics import ConsumerMetrics
 from streamproc.settings import Settings
 from streamproc.stock import StockLedger
 
@@ -23,12 +24,16 @@ class StageContext:
     keys: Keys
     stock: StockLedger
     gateway: PaymentGateway
+    metrics: ConsumerMetrics
 
     @classmethod
-    def build(cls, settings: Settings, client: aredis.Redis) -> StageContext:
-        """Wire the services for one process."""
+    def build(
+        cls, settings: Settings, client: aredis.Redis, metrics: ConsumerMetrics | None = None
+    ) -> StageContext:
+        """Wire the services for one process (metrics: the process's, else private ones)."""
         keys = Keys(settings.namespace)
         scripts = AsyncScripts.register(client)
+        metrics = metrics or ConsumerMetrics()
         return cls(
             settings=settings,
             client=client,
@@ -41,5 +46,7 @@ class StageContext:
                 settings.payment_seed,
                 settings.payment_success_rate,
                 settings.payment_latency_ms,
+                metrics,
             ),
+            metrics=metrics,
         )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from streamproc.keys import Keys
 from streamproc.lua import AsyncScripts
+from streamproc.metrics import ConsumerMetrics
 
 
 def idempotency_key(order_id: str, attempt: int) -> str:
@@ -54,9 +55,16 @@ class PaymentGateway:
     """Client of the simulated gateway; counts calls in flight (the point of an async stage)."""
 
     def __init__(
-        self, scripts: AsyncScripts, keys: Keys, seed: int, success_rate: float, latency_ms: int
+        self,
+        scripts: AsyncScripts,
+        keys: Keys,
+        seed: int,
+        success_rate: float,
+        latency_ms: int,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         self.scripts = scripts
+        self.metrics = metrics
         self.keys = keys
         self.seed = seed
         self.success_rate = success_rate
@@ -70,6 +78,7 @@ class PaymentGateway:
             return []
         self.in_flight += len(charges)
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        started = time.perf_counter()
         try:
             if self.latency_s:
                 await asyncio.sleep(self.latency_s)
@@ -79,9 +88,19 @@ class PaymentGateway:
                 args += [c.key, c.order_id, c.amount_cents, c.currency, "ok" if ok else "declined"]
             keys = [self.keys.gateway_ledger, self.keys.gateway_charges, self.keys.gateway_stats]
             raw = await self.scripts.run("gateway_charge", keys, args)
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.payment_error(len(charges))
+            raise
         finally:
             self.in_flight -= len(charges)
-        return [parse_record(r) for r in raw]
+            if self.metrics is not None:
+                self.metrics.gateway.observe(time.perf_counter() - started)
+        results = [parse_record(r) for r in raw]
+        if self.metrics is not None:
+            approved = sum(r.approved for r in results)
+            self.metrics.payment_results(approved, len(results) - approved)
+        return results
 
 
 def parse_record(record: bytes | str) -> ChargeResult:

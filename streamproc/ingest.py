@@ -157,6 +157,7 @@ class _Pipeline:
     caller parses batch N+1. Replies come back in order, so the counts stay exact."""
 
     def __init__(self, client: redis.Redis, keys: Keys, force: bool) -> None:
+        self._client = client
         self._pool = client.connection_pool
         self._conn: _Connection | None = None  # taken on the first batch
         # EVAL, not EVALSHA: the server caches the script by its digest, and a NOSCRIPT (a restart,
@@ -164,6 +165,7 @@ class _Pipeline:
         self._script = script_source("ingest").encode()
         self._keys = keys
         self._stream, self._counts = keys.stream("reserve"), keys.state_counts
+        self._rows = keys.ingest_rows
         self._id_at = len(keys.order_prefix) + 1  # where the script finds the id in a key
         # One per import, so a stopped import never stops another one running beside it.
         self._stop_key = keys.ingest_stop_marker(secrets.token_hex(8))
@@ -173,23 +175,34 @@ class _Pipeline:
         self.failure: _Failure | None = None
         self.imported_after_failure = 0  # by batches already sent when the failure happened
 
-    def send(self, order_keys: list[str], payloads: list[bytes], lines: list[int]) -> None:
-        """Send one batch, then read replies until fewer than _IN_FLIGHT are unanswered."""
+    def send(
+        self,
+        order_keys: list[str],
+        payloads: list[bytes],
+        lines: list[int],
+        row_counts: list[int],
+        rejected: int,
+    ) -> None:
+        """Send one batch (and the rows rejected since the last one, for the ingest rows count),
+        then read replies until fewer than _IN_FLIGHT are unanswered."""
         now = now_ms()
         command = (
             "EVAL",
             self._script,
-            4 + len(order_keys),
+            5 + len(order_keys),
             self._stream,
             self._counts,
             self._keys.day(utc_day(now)),
             self._stop_key,
+            self._rows,
             *order_keys,
             now,
             self._force,
             len(order_keys),
             self._id_at,
+            rejected,
             *payloads,
+            *row_counts,
         )
         # hiredis packs in C; its stub types the argument as a 1-tuple.
         packed = hiredis.pack_command(command)  # type: ignore[arg-type]
@@ -206,13 +219,21 @@ class _Pipeline:
         if self.failure is not None:
             self.finish()
 
-    def finish(self) -> None:
-        """Read every outstanding reply; raises _Stopped if the import stopped."""
+    def finish(self, rejected: int = 0) -> None:
+        """Read every outstanding reply, and count the rows rejected after the last batch;
+        raises _Stopped if the import stopped."""
         while self._in_flight:
             self._collect()
         if self.failure is not None:
             self._clear_stop_marker()
             raise _Stopped
+        if rejected:
+            self._count_rejected(rejected)
+
+    def _count_rejected(self, rejected: int) -> None:
+        # Statistics only: an import that went through is not failed for them.
+        with contextlib.suppress(redis.RedisError):
+            self._client.hincrby(self._rows, "rejected", rejected)
 
     def close(self) -> None:
         """Give the connection back; one with unread replies is closed rather than reused."""
@@ -308,22 +329,27 @@ def _import(
     order_keys: list[str] = []
     payloads: list[bytes] = []
     lines: list[int] = []  # the file line of each order, to say where a failure struck
+    row_counts: list[int] = []  # CSV rows per order, for the ingest rows count
+    counted = 0  # rejects already sent with a batch
     for n, item in enumerate(reader):
         if isinstance(item, ParsedOrder):
             order = item.order
             order_keys.append(prefix + order.order_id)
             payloads.append(encode(order))
             lines.append(item.line)
+            row_counts.append(item.row_count)
             if len(order_keys) >= batch_size:
-                pipeline.send(order_keys, payloads, lines)
-                order_keys, payloads, lines = [], [], []
+                pipeline.send(order_keys, payloads, lines, row_counts, rejects.count - counted)
+                counted = rejects.count
+                order_keys, payloads, lines, row_counts = [], [], [], []
         else:
             write_reject(item)
         if tick is not None and n % 2048 == 0:
             tick()
     if order_keys:
-        pipeline.send(order_keys, payloads, lines)
-    pipeline.finish()
+        pipeline.send(order_keys, payloads, lines, row_counts, rejects.count - counted)
+        counted = rejects.count
+    pipeline.finish(rejects.count - counted)
 
 
 def ingest_file(

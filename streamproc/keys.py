@@ -47,6 +47,11 @@ class Keys:
         return f"{self._pipe}:ingest:stopped:{token}"
 
     @property
+    def ingest_rows(self) -> str:
+        """Hash outcome (imported, duplicate, rejected) → CSV rows, counted by every import."""
+        return f"{self._pipe}:ingest:rows"
+
+    @property
     def order_pattern(self) -> str:
         """SCAN pattern matching every order hash."""
         return f"{self._pipe}:order:*"
@@ -122,6 +127,12 @@ class Keys:
     def throughput(self, second: int) -> str:
         """Counter of orders reaching a terminal state in one epoch second (expires in minutes)."""
         return f"{self._pipe}:tput:{second}"
+
+    def stage_window(self, start_s: int) -> str:
+        """Hash of every consumer's stage counts for the window starting at that epoch second:
+        `<stage>:n` messages settled, `<stage>:le:<bound>` batches by processing time (expires
+        in minutes; the API's per-stage rates and p95)."""
+        return f"{self._pipe}:window:{start_s}"
 
     # -- analytics (same slot: kept by the pipeline's scripts) ---------------------------------
     @property

@@ -13,6 +13,7 @@ Layout (key names in streamproc/keys.py, all in the pipeline's slot):
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +22,13 @@ import redis.asyncio as aredis
 
 from streamproc.keys import Keys
 from streamproc.lua import AsyncScripts
+from streamproc.metrics import ConsumerMetrics
 from streamproc.notifications import (
     CHANNELS,
     FAILED,
     PENDING,
     SCORE_PER_MS,
+    SENT,
     STATUS_CODES,
     STATUSES,
     TYPES,
@@ -114,10 +117,18 @@ class Stats:
 class NotificationStore:
     """The notification keys of one namespace, through the notify scripts."""
 
-    def __init__(self, client: aredis.Redis, scripts: AsyncScripts, keys: Keys) -> None:
+    def __init__(
+        self,
+        client: aredis.Redis,
+        scripts: AsyncScripts,
+        keys: Keys,
+        metrics: ConsumerMetrics | None = None,
+    ) -> None:
         self.client = client
         self.scripts = scripts
         self.keys = keys
+        # A consumer's: every attempt's result is counted where it is settled.
+        self.metrics = metrics
         self._records = keys.notifications
         self._leases = keys.notification_leases
         self._schedule = keys.notification_schedule
@@ -157,6 +168,16 @@ class NotificationStore:
         reply = await self.scripts.run(
             "notify_settle", [self._records, self._leases, self._schedule], args
         )
+        if self.metrics is not None:
+            # sent (found written by an attempt that died before saying so, too), or failed
+            # (retry later, or for good); "begin" only marks an attempt as started.
+            self.metrics.notification_attempts(
+                Counter(
+                    (item.record.channel, SENT if item.op == SENT else FAILED)
+                    for item in items
+                    if item.op != "begin"
+                )
+            )
         return [int(x) == 1 for x in reply]
 
     async def due(self, now_ms: int, limit: int) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from typing import Protocol
 
@@ -20,6 +21,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamproc.errors import PermanentError, RetryableError, ServerError
 from streamproc.faults import InjectedFault, die_now, fault_point, poison_order
+from streamproc.metrics import ConsumerMetrics, StageMetrics
+from streamproc.models import DEAD_LETTERED
 from streamproc.transport import Decision, Message, StageStream
 
 log = logging.getLogger("streamproc.runloop")
@@ -80,6 +83,7 @@ class RunLoop:
         claim_idle_ms: int,
         max_deliveries: int = 5,
         trim: bool = True,
+        metrics: StageMetrics | None = None,
     ) -> None:
         self.stream = stream
         self.handler = handler
@@ -92,6 +96,8 @@ class RunLoop:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.outcomes: Counter[str] = Counter()
+        self.metrics = metrics or ConsumerMetrics().stage(stream.stage)
+        self.metrics.watch_in_flight(lambda: self.in_flight)
         self.fatal: BaseException | None = None
         self._fault = fault_point(stream.stage)
         self._poison = poison_order()
@@ -176,6 +182,7 @@ class RunLoop:
                 continue
             if batch:
                 log.info("%s: reclaimed %d idle entries", self.stream.stage, len(batch))
+                self.metrics.reclaimed.inc(len(batch))
                 self._spawn(batch, redelivered=True)
 
     async def _trim_forever(self, stop: asyncio.Event) -> None:
@@ -216,12 +223,13 @@ class RunLoop:
             if redelivered:
                 await self._process_redelivered(batch)
             else:
-                await self._process(batch)
+                await self._timed(batch)
         except ServerError as exc:
             self.fatal = exc
         except TRANSIENT as exc:
             log.warning("%s: batch of %d left pending (%s)", self.stream.stage, len(batch), exc)
             self.outcomes["retry"] += len(batch)
+            self.metrics.retries.inc(len(batch))
         finally:
             self.in_flight -= len(batch)
             self._in_flight_ids.difference_update(m.msg_id for m in batch)
@@ -244,7 +252,15 @@ class RunLoop:
             # Never wait as long as a reclaim takes, or a peer would take the entry meanwhile.
             delay_s = retry_delay_s(max(m.deliveries for m in retry))
             await asyncio.sleep(min(delay_s, self.claim_idle_ms / 2000))
-            await self._process(retry)
+            await self._timed(retry)
+
+    async def _timed(self, batch: list[Message]) -> None:
+        """_process, observed as one batch's processing time (retry delays excluded)."""
+        started = time.perf_counter()
+        try:
+            await self._process(batch)
+        finally:
+            self.metrics.processing.observe(time.perf_counter() - started)
 
     async def _process(self, batch: list[Message]) -> None:
         good: list[Message] = []
@@ -303,20 +319,25 @@ class RunLoop:
                         await self._dead_letter(failure.message, failure.error)
                     else:
                         await self._failed([failure.message], failure.error)
-        results = await self.stream.commit(decisions)
+        committed = await self.stream.commit(decisions)
         if self._fault == "after_commit":
             die_now()
+        results = committed.results
         if -1 in results:
             for decision, result in zip(decisions, results, strict=True):
                 if result == -1:
                     await self._dead_letter(decision.message, "order record is missing")
-        self.outcomes.update(
+        settled = Counter(
             [
                 d.outcome if result == 1 else "stale"
                 for d, result in zip(decisions, results, strict=True)
                 if result != -1
             ]
         )
+        self.outcomes.update(settled)
+        self.metrics.settled(settled)
+        if committed.finished:
+            self.metrics.finished(committed.finished)
         if self._last_errors:
             for decision in decisions:
                 self._last_errors.pop(decision.message.msg_id, None)
@@ -341,6 +362,7 @@ class RunLoop:
                     self._last_errors.pop(next(iter(self._last_errors)))
                 self._last_errors[message.msg_id] = error
                 self.outcomes["retry"] += 1
+                self.metrics.retries.inc()
 
     async def _dead_letter(self, message: Message, error: str) -> None:
         log.error(
@@ -350,9 +372,12 @@ class RunLoop:
             message.order_id or "?",
             error,
         )
-        await self.stream.dead_letter(message, error)
+        _, elapsed_ms = await self.stream.dead_letter(message, error)
         self._last_errors.pop(message.msg_id, None)
         self.outcomes["dead_lettered"] += 1
+        self.metrics.dead_letters.inc()
+        if elapsed_ms >= 0:
+            self.metrics.finished([(DEAD_LETTERED, elapsed_ms, None)])
 
 
 async def sleep_or_stop(stop: asyncio.Event, delay_s: float) -> None:

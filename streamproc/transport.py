@@ -20,7 +20,7 @@ from streamproc.clock import now_ms, utc_day
 from streamproc.errors import ServerError
 from streamproc.keys import STAGES, Keys
 from streamproc.lua import AsyncScripts
-from streamproc.models import COMPLETED, Order, decode_order, encode_order
+from streamproc.models import COMPLETED, TERMINAL_STATES, Order, decode_order, encode_order
 from streamproc.replies import id_key, text
 from streamproc.workflow import TRANSITIONS, outputs_of
 
@@ -67,6 +67,17 @@ class Decision:
     def failure(cls, message: Message, error: str, permanent: bool) -> Decision:
         """A message that could not be settled."""
         return cls(message, "", error=error, permanent=permanent)
+
+
+@dataclass(slots=True)
+class Committed:
+    """What commit.lua did with a batch of decisions."""
+
+    # Per decision: 1 applied, 0 stale (acked only), -1 order missing (not acked).
+    results: list[int]
+    # The applied transitions to a terminal state: (state, ms since the order was submitted or
+    # -1 when unknown, the order), for the end-to-end latency and revenue metrics.
+    finished: list[tuple[str, int, Order | None]]
 
 
 def parse_entry(msg_id: bytes, fields: dict[bytes, bytes] | list[bytes]) -> Message:
@@ -146,6 +157,8 @@ class StageStream:
             len(mine),
         ]
         self._plan: dict[str, tuple[int, bool]] = {}
+        # Outcomes that end the workflow, and the terminal state each one sets.
+        self._terminal = {o: t.to_state for o, t in mine if t.to_state in TERMINAL_STATES}
         # Outcomes that only ack (notify): a batch of nothing else is one XACK, no script.
         self._ack_only = {o for o, t in mine if not t.to_state}
         for number, (outcome, t) in enumerate(mine, start=1):
@@ -207,8 +220,10 @@ class StageStream:
         for message in messages:
             message.deliveries = counts.get(message.msg_id, message.deliveries)
 
-    async def dead_letter(self, message: Message, error: str) -> bytes:
-        """Move one message to the dead-letter stream and ack it, atomically."""
+    async def dead_letter(self, message: Message, error: str) -> tuple[bytes, int]:
+        """Move one message to the dead-letter stream and ack it, atomically; returns the dead
+        letter's id and, when its order became dead_lettered here, the ms since the order was
+        submitted (else -1)."""
         keys = [
             self.stream,
             self.keys.dead_letters,
@@ -236,11 +251,12 @@ class StageStream:
             message.state,
         ]
         try:
-            result = await self.scripts.run("dead_letter", keys, args)
+            dead_id, elapsed_ms = await self.scripts.run("dead_letter", keys, args)
         except ResponseError as exc:
             _raise_if_lost(exc, self.stream)
             raise
-        return bytes(result) if isinstance(result, bytes) else str(result).encode()
+        dead_id = dead_id if isinstance(dead_id, bytes) else str(dead_id).encode()
+        return dead_id, int(elapsed_ms)
 
     async def trim(self, forget_consumers_idle_ms: int) -> int:
         """Trim entries every reader is done with; forget long-idle consumers owning nothing.
@@ -296,14 +312,14 @@ class StageStream:
             )
         return cursor, [parse_entry(mid, f) for mid, f in entries if f is not None]
 
-    async def commit(self, decisions: Sequence[Decision]) -> list[int]:
+    async def commit(self, decisions: Sequence[Decision]) -> Committed:
         """Apply transitions, enqueue next stages and ack, in one atomic script call."""
         if not decisions:
-            return []
+            return Committed([], [])
         if all(d.outcome in self._ack_only for d in decisions):
             # What commit.lua does for ack-only items, in one command.
             await self.client.xack(self.stream, self.group, *(d.message.msg_id for d in decisions))
-            return [1] * len(decisions)
+            return Committed([1] * len(decisions), [])
         now = now_ms()
         keys = [
             self.stream,
@@ -332,7 +348,19 @@ class StageStream:
         except ResponseError as exc:
             _raise_if_lost(exc, self.stream)
             raise
-        return [int(x) for x in result]
+        n = len(decisions)
+        results = [int(x) for x in result[:n]]
+        if len(result) == n:
+            return Committed(results, [])
+        # The latencies follow the results, one per applied terminal transition, in item order.
+        elapsed = iter(result[n:])
+        terminal = self._terminal
+        finished = [
+            (terminal[d.outcome], int(next(elapsed)), d.message.order)
+            for d, applied in zip(decisions, results, strict=True)
+            if applied == 1 and d.outcome in terminal
+        ]
+        return Committed(results, finished)
 
     async def uncount_delivery(self, messages: Sequence[Message]) -> None:
         """Leave these entries pending without spending their delivery budget.

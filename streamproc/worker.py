@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -15,11 +16,13 @@ from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.errors import ServerError
 from streamproc.keys import Keys
+from streamproc.metrics import ConsumerMetrics, serve
 from streamproc.runloop import RunLoop
 from streamproc.schedule import Scheduled, ScheduleLoop
 from streamproc.settings import Settings
 from streamproc.stages import default_concurrency, load_handler
 from streamproc.transport import StageStream, ensure_groups
+from streamproc.windows import WindowWriter
 
 log = logging.getLogger("streamproc.worker")
 
@@ -28,6 +31,8 @@ EXIT_OK, EXIT_UNFINISHED, EXIT_SERVER = 0, 1, 3
 # lived container objects per message and stage, almost all freed by reference counting; with
 # CPython's default (700) it ran collections thousands of times a second.
 GC_YOUNG_THRESHOLD = 50_000
+# Time for the last flush of the dashboard windows once the loops have stopped.
+LAST_FLUSH_S = 0.5
 
 
 def default_consumer_name() -> str:
@@ -41,11 +46,20 @@ async def run_worker(
     stages: tuple[str, ...],
     consumer: str,
     concurrency: int | None,
+    metrics_address: tuple[str, int] | None = None,
 ) -> int:
-    """Run the given stages until SIGTERM/SIGINT; returns the process exit code."""
+    """Run the given stages until SIGTERM/SIGINT; returns the process exit code.
+
+    With `metrics_address` (host, port) the process serves its Prometheus metrics there.
+    """
+    metrics = ConsumerMetrics()
+    if metrics_address is not None:
+        host, port = metrics_address
+        serve(metrics.registry, host, port)  # first: a taken port fails before any work
+        log.info("metrics on http://%s:%d/metrics", host, port)
     client = async_client(url, max_connections=32 + 8 * len(stages))
     try:
-        ctx = StageContext.build(settings, client)
+        ctx = StageContext.build(settings, client, metrics)
         await ensure_groups(client, ctx.keys)
         loops = [loop for stage in stages for loop in _loops(ctx, stage, consumer, concurrency)]
         _tune_gc()
@@ -53,10 +67,15 @@ async def run_worker(
         _install_signals(stop)
         log.info("consumer %s running stages %s", consumer, ", ".join(stages))
         tasks = [asyncio.create_task(loop.run(stop)) for loop in loops]
+        loops_done = asyncio.Event()
+        windows = asyncio.create_task(WindowWriter(ctx.scripts, ctx.keys, metrics).run(loops_done))
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stop.set()  # one loop ending (fatal error) stops the others
         done, pending = await asyncio.wait(tasks, timeout=settings.shutdown_grace_s)
+        loops_done.set()  # the windows get what the last batches counted
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(windows, LAST_FLUSH_S)
         for loop in loops:
             if loop.fatal is not None:
                 log.error("%s", loop.fatal)
@@ -92,6 +111,7 @@ def _loops(
             block_ms=ctx.settings.block_ms,
             claim_idle_ms=ctx.settings.claim_idle_ms,
             max_deliveries=ctx.settings.max_deliveries,
+            metrics=ctx.metrics.stage(stage),
         )
     ]
     if isinstance(handler, Scheduled):  # notify: retries, resends and retention

@@ -22,13 +22,16 @@ READY_TIMEOUT_S = 20.0
 class LiveApi:
     """One API server process; `client` talks to it over real HTTP."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, token: str | None = TOKEN) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, token: str | None = TOKEN, workers: int = 1
+    ) -> None:
         self.env = dict(env)
         if token is None:
             self.env.pop("STREAMPROC_API_TOKEN", None)
         else:
             self.env["STREAMPROC_API_TOKEN"] = token
         self.token = token
+        self.workers = workers
         self.log_path = log_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -38,7 +41,15 @@ class LiveApi:
     def start(self) -> LiveApi:
         """Spawn the server and wait until it answers."""
         self.proc = spawn_cli(
-            ["api", "--host", "127.0.0.1", "--port", str(self.port)],
+            [
+                "api",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+            ],
             self.env,
             log_path=self.log_path,
         )

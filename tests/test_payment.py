@@ -325,7 +325,7 @@ def test_commit_of_a_replayed_decision_returns_stale(redis_url: str, r: redis.Re
             stream = StageStream(client, ctx.scripts, KEYS, "payment", "c1")
             batch = await stream.read(10, None)
             assert [m.msg_id for m in batch] == ids
-            return [await stream.commit([Decision(m, "paid", "ok")]) for m in batch]
+            return [(await stream.commit([Decision(m, "paid", "ok")])).results for m in batch]
         finally:
             await client.aclose()
 

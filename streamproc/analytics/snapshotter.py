@@ -30,6 +30,7 @@ from streamproc.clock import now_ms
 from streamproc.context import StageContext
 from streamproc.errors import ServerError
 from streamproc.faults import die_now, fault_point
+from streamproc.metrics import SNAPSHOTTED
 from streamproc.replies import id_key, text
 from streamproc.runloop import TRANSIENT, Backoff, sleep_or_stop
 from streamproc.transport import Message, StageStream, parse_entry
@@ -73,6 +74,10 @@ class SnapshotLoop:
         self._compaction: asyncio.Task[None] | None = None
         # The file being written and registered while the next batch is read (one at a time).
         self._flushing: asyncio.Task[None] | None = None
+        self.metrics = ctx.metrics.stage("snapshot")
+        # In flight here: the facts gathered and not yet registered (the file being written too).
+        self._writing = 0
+        self.metrics.watch_in_flight(lambda: len(self._buffer) + self._writing)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Gather, write and register until `stop` (or, one-shot, until nothing is left)."""
@@ -159,6 +164,7 @@ class SnapshotLoop:
             cursor, batch = await self.stream.claim_idle(self.claim_idle_ms, READ_COUNT, cursor)
             if batch:
                 log.info("snapshot: reclaimed %d idle entries", len(batch))
+                self.metrics.reclaimed.inc(len(batch))
                 await self.stream.delivery_counts(batch)
                 await self._take(batch)
             if cursor in (b"0-0", "0-0") or not batch:
@@ -202,6 +208,7 @@ class SnapshotLoop:
         await self.stream.dead_letter(message, error)
         self._buffer.pop(message.msg_id, None)
         self.outcomes["dead_lettered"] += 1
+        self.metrics.dead_letters.inc()
 
     async def _flush(self, stop: asyncio.Event) -> None:
         """Hand the buffer to a background write and start a new one: reading the next batch
@@ -217,6 +224,8 @@ class SnapshotLoop:
             await task
 
     async def _write_and_register(self, batch: dict[bytes, bytes], stop: asyncio.Event) -> None:
+        started = time.perf_counter()
+        self._writing = len(batch)
         try:
             await self._write_batch(batch, stop)
         except TRANSIENT:
@@ -224,6 +233,9 @@ class SnapshotLoop:
             for msg_id, row in batch.items():
                 self._buffer.setdefault(msg_id, row)
             raise
+        finally:
+            self._writing = 0
+            self.metrics.processing.observe(time.perf_counter() - started)
 
     async def _write_batch(self, batch: dict[bytes, bytes], stop: asyncio.Event) -> None:
         ids = list(batch)
@@ -238,6 +250,7 @@ class SnapshotLoop:
             if status == "ok":
                 self.outcomes["facts"] += len(ids)
                 self.outcomes["files"] += 1
+                self.metrics.settled({SNAPSHOTTED: len(ids)})
                 log.info("snapshot: %s holds %d facts (version %s)", name, len(ids), version)
                 return
             if status == "conflict" or stop.is_set():

@@ -21,9 +21,13 @@
 --         terminal), outputs ("", or digits 1..m)
 -- then 6 per item: msg id, order id, attempt, transition (1..t), note (stored in field p when
 --                  not ""), revenue ("<currency>:<cents>" for a completion, else "")
--- Returns one integer per item: 1 applied, 0 stale (acked only), -1 order missing (not acked).
+-- Returns one integer per item: 1 applied, 0 stale (acked only), -1 order missing (not acked);
+-- then, for each applied item whose new state is terminal (in item order), the ms since its order
+-- was submitted (-1 when unknown): the end-to-end latency, at the cost of one more HMGET field.
 -- include: leaderboard
+-- include: submitted
 local group, stage, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local now_ms = tonumber(now)
 local m, lb_live, lb_staging = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local K_DAY, K_TPUT, K_REBUILD, K_ORDERS = 3 + m, 4 + m, 5 + m, 5 + m
 local transitions = {}
@@ -37,6 +41,7 @@ local terminal = { completed = true, failed = true, rolled_back = true }
 -- Revenue is summed per currency in Lua numbers while they stay exact (below 2^53 cents).
 local EXACT = 9007199254740992
 local out = {}
+local latencies = {}
 local acks = {}
 local moves, moved = {}, {}
 local day, day_fields = {}, {}
@@ -60,7 +65,7 @@ local function apply()
       out[i] = 1
     else
       local key = KEYS[K_ORDERS + i]
-      local cur = redis.call("HMGET", key, "s", "a", "k", "d", "h")
+      local cur = redis.call("HMGET", key, "s", "a", "k", "d", "h", "c")
       if not cur[1] then
         out[i] = -1
       else
@@ -102,6 +107,7 @@ local function apply()
           end
           if terminal[to_state] then
             terminals = terminals + 1
+            latencies[#latencies + 1] = elapsed_ms(now_ms, cur[6], cur[5], attempt)
             count(day, day_fields, to_state, 1)
             local revenue = ARGV[b + 6]
             if revenue ~= "" then
@@ -148,5 +154,8 @@ if terminals > 0 then
 end
 if not ok then
   error(err)
+end
+for i = 1, #latencies do
+  out[n + i] = latencies[i]
 end
 return out

@@ -9,14 +9,18 @@
 -- ARGV[1] group  ARGV[2] msg id  ARGV[3] stage  ARGV[4] deliveries  ARGV[5] last error
 -- ARGV[6] order id  ARGV[7] attempt  ARGV[8] payload ("" when unusable)  ARGV[9] now (ms)
 -- ARGV[10] the state the message carried (kept so a retry re-sends it unchanged)
--- Returns the dead letter's id.
+-- Returns {the dead letter's id, ms since the order was submitted when it became dead_lettered
+-- here (its end-to-end latency), else -1}.
+-- include: submitted
 local group, msg, stage, deliveries, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local oid, attempt, payload, now, carried = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local prev = ""
+local elapsed = -1
 if oid ~= "" then
-  local cur = redis.call("HMGET", KEYS[4], "s", "a", "k", "h", "d")
+  local cur = redis.call("HMGET", KEYS[4], "s", "a", "k", "h", "d", "c")
   if cur[1] and cur[3] == stage and cur[2] == attempt then
     prev = cur[1]
+    elapsed = elapsed_ms(tonumber(now), cur[6], cur[4], attempt)
     if payload == "" then
       payload = cur[5] or ""
     end
@@ -39,4 +43,4 @@ end
 local id = redis.call("XADD", KEYS[2], "*", "stage", stage, "id", msg, "deliveries", deliveries,
   "error", err, "o", oid, "a", attempt, "d", payload, "prev", prev, "s", carried, "at", now)
 redis.call("XACK", KEYS[1], group, msg)
-return id
+return { id, elapsed }

@@ -4,24 +4,35 @@
 -- Each order is all or nothing: its hash, its stream entry and the counters. Should a command fail
 -- (a key of the wrong type, out of memory), the batch stops at that order: the orders before it
 -- stay, counted; that order and the rest are left untouched.
+-- The CSV rows of the batch are counted per outcome in the ingest rows hash (imported, which
+-- includes re-submitted orders, duplicate, and rejected: the rows the client refused since its
+-- previous batch), so a one-shot command's figures can be scraped later.
 -- KEYS[1]  reserve stream   KEYS[2]  state counts hash   KEYS[3] today's counters hash
 -- KEYS[4]  this import's stop marker (set when a batch stops; later batches then do nothing)
--- KEYS[4+i] order hash of the i-th order
+-- KEYS[5]  ingest rows hash
+-- KEYS[5+i] order hash of the i-th order
 -- ARGV[1]  now (ms)   ARGV[2]  force ("1" or "0")   ARGV[3] count n
 -- ARGV[4]  where the order id starts in an order hash's key (the key prefix's length + 1)
--- ARGV[4+i] encoded payload of the i-th order (its id is read off its key: one argument less)
+-- ARGV[5]  rows rejected by the client since its previous batch
+-- ARGV[5+i] encoded payload of the i-th order (its id is read off its key: one argument less)
+-- ARGV[5+n+i] number of CSV rows of the i-th order
 -- Returns a string with one char per order: n = new, r = re-submitted, d = duplicate. A batch that
 -- stopped returns {those chars for the orders before the stop, the reason}.
 -- The client sends the next batches before this one answers; the stop marker keeps a batch sent
 -- after a failed one from importing anything, so nothing after the failing order is imported.
+local now, force, n, id_at = ARGV[1], ARGV[2] == "1", tonumber(ARGV[3]), tonumber(ARGV[4])
+-- The row counts are statistics: pcall, so a broken counter never fails an import.
+if ARGV[5] ~= "0" then
+  redis.pcall("HINCRBY", KEYS[5], "rejected", ARGV[5])
+end
 if redis.call("EXISTS", KEYS[4]) == 1 then
   return { "", "an earlier batch of this import stopped" }
 end
-local now, force, n, id_at = ARGV[1], ARGV[2] == "1", tonumber(ARGV[3]), tonumber(ARGV[4])
 local resubmittable = { failed = true, rolled_back = true, dead_lettered = true }
 local history = "pending@" .. now
 local out = {}
 local created, resubmitted = 0, 0
+local imported_rows, duplicate_rows = 0, 0
 local left = {} -- state -> orders re-submitted out of it
 local stop
 
@@ -33,14 +44,14 @@ local function err(reply)
 end
 
 for i = 1, n do
-  local key = KEYS[4 + i]
+  local key = KEYS[5 + i]
   local state = redis.pcall("HGET", key, "s")
   stop = err(state)
   if stop then break end
   if not state then
     -- The stream entry first: it is the write that can fail (out of memory, a stream key of
     -- another type), and it can be undone with XDEL should the hash write fail after it.
-    local payload = ARGV[4 + i]
+    local payload = ARGV[5 + i]
     local id = redis.pcall("XADD", KEYS[1], "*", "o", string.sub(key, id_at), "a", "1", "s",
       "pending", "d", payload)
     stop = err(id)
@@ -52,6 +63,7 @@ for i = 1, n do
       break
     end
     created = created + 1
+    imported_rows = imported_rows + tonumber(ARGV[5 + n + i])
     out[i] = "n"
   elseif force and resubmittable[state] then
     local cur = redis.call("HMGET", key, "a", "h", "d")
@@ -69,8 +81,10 @@ for i = 1, n do
     redis.call("HDEL", key, "p", "e")
     left[state] = (left[state] or 0) + 1
     resubmitted = resubmitted + 1
+    imported_rows = imported_rows + tonumber(ARGV[5 + n + i])
     out[i] = "r"
   else
+    duplicate_rows = duplicate_rows + tonumber(ARGV[5 + n + i])
     out[i] = "d"
   end
 end
@@ -81,6 +95,12 @@ if created + resubmitted > 0 then
 end
 for state, count in pairs(left) do
   redis.call("HINCRBY", KEYS[2], state, -count)
+end
+if imported_rows > 0 then
+  redis.pcall("HINCRBY", KEYS[5], "imported", imported_rows)
+end
+if duplicate_rows > 0 then
+  redis.pcall("HINCRBY", KEYS[5], "duplicate", duplicate_rows)
 end
 if created > 0 then
   -- "Orders today" for /api/stats; the counters outlive the day by a week for late readers.
