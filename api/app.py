@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api.dashboard import dashboard_route
 from api.endpoints import Services, build_routes
 from api.errors import ApiError
 from api.metrics import metrics
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = build_routes(ENDPOINTS)
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False))
     routes.append(Route("/metrics", metrics, methods=["GET"], include_in_schema=False))
+    routes.append(dashboard_route())
     api_metrics = ApiMetrics(multiprocess_dir())
     app = Starlette(
         debug=False,
