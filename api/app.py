@@ -27,6 +27,7 @@ from api.routes import ENDPOINTS
 from streamproc import __version__
 from streamproc.connection import async_client, resolve_redis_url
 from streamproc.keys import Keys
+from streamproc.logs import LogConfig, setup_logging
 from streamproc.lua import AsyncScripts
 from streamproc.metrics import ApiMetrics, multiprocess_dir
 from streamproc.settings import Settings
@@ -56,9 +57,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """Build the app (uvicorn factory); settings come from the environment unless given."""
     settings = settings or Settings.from_env()
     if not logging.getLogger().handlers and not log.handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        setup_logging(LogConfig.from_env())  # run by another ASGI server, not `streamproc api`
     openapi = JSON(build_openapi(ENDPOINTS, "streamproc", __version__))
 
     async def openapi_json(_: Request) -> Response:

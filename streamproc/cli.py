@@ -23,26 +23,30 @@ from streamproc.connection import describe_connection_error, resolve_redis_url, 
 from streamproc.embedded import embedded_status, stop_embedded
 from streamproc.errors import ConfigError, InputFileError, ServerError, StreamprocError
 from streamproc.keys import Keys
+from streamproc.logs import LogConfig, dict_config, json_enabled, setup_logging
 from streamproc.settings import Settings
 
 EXIT_OK, EXIT_SOME_REJECTED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("streamproc.cli")
 
 
 class Env:
     """Per-invocation state: the settings and a lazily resolved server."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, log_config: LogConfig | None = None) -> None:
         self.settings = settings
+        self.log_config = log_config or LogConfig()
         self.keys = Keys(settings.namespace)
         self._url: str | None = None
+        self.server_description = ""
 
     @property
     def url(self) -> str:
         """The server URL, starting the embedded server when none is configured."""
         if self._url is None:
-            self._url, description = resolve_redis_url(self.settings)
-            click.echo(f"streamproc: using {description}", err=True)
+            self._url, self.server_description = resolve_redis_url(self.settings)
+            notice(f"using {self.server_description}")
         return self._url
 
     def client(self) -> redis.Redis:
@@ -55,9 +59,20 @@ class Env:
         return client
 
 
+def notice(message: str) -> None:
+    """A one-line note on stderr (a log record when logs are JSON, so every line parses)."""
+    if json_enabled():
+        log.info("%s", message)
+    else:
+        click.echo(f"streamproc: {message}", err=True)
+
+
 def fail(message: str, code: int) -> None:
     """Print a one-line error and exit."""
-    click.echo(f"streamproc: {message}", err=True)
+    if json_enabled():
+        log.error("%s", message)
+    else:
+        click.echo(f"streamproc: {message}", err=True)
     sys.exit(code)
 
 
@@ -93,12 +108,10 @@ def main(ctx: click.Context) -> None:
 
     Configuration comes from STREAMPROC_* environment variables (see README).
     """
-    level = os.environ.get("STREAMPROC_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
-        ctx.obj = Env(Settings.from_env())
+        log_config = LogConfig.from_env()
+        setup_logging(log_config)
+        ctx.obj = Env(Settings.from_env(), log_config)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
 
@@ -432,7 +445,7 @@ def api(env: Env, host: str, port: int, workers: int) -> None:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     else:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        click.echo(f"streamproc: metrics of {workers} workers collected in {metrics_dir}", err=True)
+        notice(f"metrics of {workers} workers collected in {metrics_dir}")
     # uvicorn re-raises the stop signal once it has shut down gracefully, so the handler in
     # place then decides the exit status: a clean stop exits 0, not "killed by SIGTERM".
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -448,7 +461,11 @@ def api(env: Env, host: str, port: int, workers: int) -> None:
             http="httptools",
             access_log=False,  # the app logs each request with its request id instead
             server_header=False,
-            log_level=os.environ.get("STREAMPROC_LOG_LEVEL", "info").lower(),
+            # Our handler and format (text or JSON) for uvicorn's loggers too, in every worker.
+            log_config=dict_config(env.log_config),
+            log_level=env.log_config.level.lower(),
+            # Open connections must not hold a stop past the grace period (honcho kills after 5 s).
+            timeout_graceful_shutdown=max(1, round(env.settings.shutdown_grace_s)),
         )
     finally:
         if metrics_dir is not None:
@@ -534,10 +551,12 @@ def dlq_purge(env: Env, ids: tuple[str, ...], all_: bool, stage: str | None) -> 
 
 
 def _register_more() -> None:
-    # The analytics commands live in their own module, which imports this one.
+    # The analytics and `up` commands live in their own modules, which import this one.
     from streamproc.cli_analytics import register
+    from streamproc.cli_up import register as register_up
 
     register(main)
+    register_up(main)
 
 
 _register_more()
