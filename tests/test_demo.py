@@ -6,11 +6,11 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, free_port
 
 
 def test_demo_prints_the_original_figures(sp_env: dict[str, str], tmp_path: Path) -> None:
-    env = dict(sp_env, STREAMPROC_LOG_LEVEL="WARNING")
+    env = dict(sp_env, STREAMPROC_LOG_LEVEL="WARNING", STREAMPROC_DEMO_PORT=str(free_port()))
     done = subprocess.run(
         [str(REPO_ROOT / "scripts" / "demo")],
         env=env,
@@ -32,5 +32,9 @@ def test_demo_prints_the_original_figures(sp_env: dict[str, str], tmp_path: Path
     customers = re.findall(r"^(\d)\s+(\d{3})\s+.*?\s(\d+\.\d\d)$", out, re.MULTILINE)
     assert customers[:2] == [("1", "505", "259.98"), ("2", "501", "250.00")], out
     assert re.search(r"^1\s+SKU-002\s+USB-C Charger\s+8\s+120\.00\s+2$", out, re.MULTILINE), out
+    # The same totals through the API that `streamproc up` ran for the demo.
+    assert re.search(
+        r"^  revenue 1065\.43  orders 10  AOV 106\.54  customers 8$", out, re.MULTILINE
+    ), out
     # The status table printed before the KPIs: every order completed, nothing dead-lettered.
     assert "completed" in out and "dead letters: 0" in out

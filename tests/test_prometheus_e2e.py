@@ -2,8 +2,9 @@
 deploy/alerts.yml (only the intervals and the targets path changed); every PromQL expression of
 the Grafana dashboard and of the alert rules must evaluate and return data (issue 7).
 
-The processes are laid out as `streamproc up` lays them out: one consumer per stage, each with
-its own --metrics-port, the API serving /metrics, and a file_sd targets file in STREAMPROC_HOME.
+The processes are started by `streamproc up`: one consumer per stage, each with its own metrics
+port, the API serving /metrics, and the file_sd targets file it writes into STREAMPROC_HOME,
+which Prometheus reads.
 The workload has payment declines (rollbacks), out-of-stock failures and a poisoned order that
 is dead-lettered, so the dead-letter alert must actually fire.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,9 +24,9 @@ import pytest
 
 from streamproc.keys import STAGES
 from streamproc.models import STATES
-from tests.api_support import LiveApi
-from tests.helpers import HOST, free_port, spawn_cli, stop_procs
+from tests.helpers import HOST, free_port
 from tests.invariants import write_products
+from tests.proc_support import Up, free_port_block
 from tests.prometheus_support import (
     PrometheusServer,
     Query,
@@ -49,33 +49,26 @@ SETTLE_TIMEOUT_S = 40.0
 
 @dataclass
 class Stack:
-    """The pipeline's processes and the Prometheus scraping them."""
+    """`streamproc up` (every stage and the API) and the Prometheus scraping what it lists."""
 
     env: dict[str, str]
-    api: LiveApi
+    up: Up
+    api: httpx.Client
     prometheus: PrometheusServer
-    consumers: dict[str, int]  # stage -> metrics port
-    logs: Path
+    targets: list[dict[str, Any]]  # the file_sd groups `up` wrote
 
     def consumer_logs(self) -> str:
-        """The tail of every consumer's output, for assertion messages."""
-        parts = []
-        for path in sorted(self.logs.glob("consume-*.log")):
-            tail = path.read_text(errors="replace").splitlines()[-10:]
-            parts.append(f"--- {path.name}\n" + "\n".join(tail))
-        return "\n".join(parts)
+        """What up and its children printed, for assertion messages."""
+        return self.up.log()
 
 
-def wait_metrics(proc: subprocess.Popen[bytes], url: str, what: str, log: Path) -> None:
-    """Wait until url serves streamproc metrics; fail saying why if the process dies first."""
+def wait_metrics(url: str, up: Up) -> None:
+    """Wait until url serves streamproc metrics; fail saying why if up exits first."""
     deadline = time.monotonic() + METRICS_TIMEOUT_S
     last = "no answer"
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(
-                f"{what} exited {proc.returncode} before serving {url} (are the issue 7 metrics "
-                f"merged?):\n{log.read_text(errors='replace')[-2000:]}"
-            )
+        if up.proc.poll() is not None:
+            pytest.fail(f"up exited {up.proc.returncode} before {url} answered:\n{up.log()}")
         try:
             reply = httpx.get(url, timeout=2.0)
             if reply.status_code == 200 and "streamproc_" in reply.text:
@@ -84,21 +77,7 @@ def wait_metrics(proc: subprocess.Popen[bytes], url: str, what: str, log: Path) 
         except httpx.TransportError as exc:
             last = repr(exc)
         time.sleep(0.2)
-    pytest.fail(f"{what} never served streamproc metrics at {url} ({last})")
-
-
-def targets_file(home: Path, api_port: int, consumers: dict[str, int]) -> Path:
-    """The file_sd targets file, as `streamproc up` writes it into STREAMPROC_HOME."""
-    groups: list[dict[str, Any]] = [
-        {"targets": [f"{HOST}:{api_port}"], "labels": {"job": "streamproc-api"}}
-    ]
-    groups += [
-        {"targets": [f"{HOST}:{port}"], "labels": {"job": "streamproc-consumers", "stage": stage}}
-        for stage, port in consumers.items()
-    ]
-    path = home / "prometheus-targets.json"
-    path.write_text(json.dumps(groups, indent=2))
-    return path
+    pytest.fail(f"{url} never served streamproc metrics ({last})\n{up.log()}")
 
 
 @pytest.fixture
@@ -110,39 +89,35 @@ def stack(sp_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
         STREAMPROC_PAYMENT_SUCCESS_RATE="0.8",
         STREAMPROC_MAX_DELIVERIES="2",
     )
+    api_port, metrics_base = free_port(), free_port_block(len(STAGES))
     with contextlib.ExitStack() as cleanup:
-        procs: list[subprocess.Popen[bytes]] = []
-        cleanup.callback(stop_procs, procs)
-        consumers = {stage: free_port() for stage in STAGES}
-        for stage, port in consumers.items():
-            procs.append(
-                spawn_cli(
-                    ["consume", "--stage", stage, "--metrics-port", str(port)],
-                    dict(env, STREAMPROC_FAULT_POISON=POISON),
-                    log_path=tmp_path / f"consume-{stage}.log",
-                )
-            )
-        for proc, (stage, port) in zip(procs, consumers.items(), strict=True):
-            url, log = f"http://{HOST}:{port}/metrics", tmp_path / f"consume-{stage}.log"
-            wait_metrics(proc, url, f"consume --stage {stage}", log)
-        api = LiveApi(env, tmp_path / "api.log")
-        cleanup.callback(api.stop)
-        api.start()
-        assert api.proc is not None
-        wait_metrics(api.proc, f"{api.url}/metrics", "the API", api.log_path)
-
-        targets = targets_file(Path(env["STREAMPROC_HOME"]), api.port, consumers)
+        # The fleet as a user runs it: `streamproc up` starts the stages and the API and writes
+        # the file_sd targets file that deploy/prometheus.yml reads.
+        up = Up(
+            dict(env, STREAMPROC_FAULT_POISON=POISON),
+            tmp_path / "up.log",
+            "--port", str(api_port), "--metrics-port-base", str(metrics_base),
+        )  # fmt: skip
+        cleanup.callback(up.close)
+        up.wait_ready({stage: 1 for stage in STAGES}, api_port)
+        targets_path = Path(env["STREAMPROC_HOME"]) / "prometheus-targets.json"
+        targets = json.loads(targets_path.read_text())
+        for group in targets:
+            for address in group["targets"]:
+                wait_metrics(f"http://{address}/metrics", up)
+        api = cleanup.enter_context(httpx.Client(base_url=f"http://{HOST}:{api_port}", timeout=10))
         prom_dir = tmp_path / "prometheus"
         prom_dir.mkdir()
-        prometheus = PrometheusServer(adjusted_config(prom_dir, targets), prom_dir)
+        prometheus = PrometheusServer(adjusted_config(prom_dir, targets_path), prom_dir)
         cleanup.callback(prometheus.stop)
         prometheus.start()
-        yield Stack(env, api, prometheus, consumers, tmp_path)
+        yield Stack(env, up, api, prometheus, targets)
 
 
 def wait_targets_up(stack: Stack) -> None:
     """Every target of the targets file is scraped successfully."""
-    expected = len(stack.consumers) + 1
+    expected = sum(len(group["targets"]) for group in stack.targets)
+    assert expected == len(STAGES) + 1, stack.targets
     deadline = time.monotonic() + SCRAPE_TIMEOUT_S
     active: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
@@ -161,7 +136,7 @@ def run_workload(stack: Stack, tmp_path: Path) -> dict[str, int]:
     cli(["stock", "load", str(write_products(tmp_path / "products.csv", catalogue))], env)
     ingested = json.loads(cli(["ingest", str(orders_csv), "--json"], env).stdout)
     assert ingested["imported"] == ORDERS, ingested
-    client = stack.api.client
+    client = stack.api
     for path, status in [
         ("/api/streams", 200),
         ("/api/stats", 200),
