@@ -335,3 +335,61 @@ def test_analytics_benchmark_store_is_what_the_snapshot_stage_writes(tmp_path: P
     # Some failures were overridden by a later completed re-submission: the prior logic matters.
     plain_failed = sum(1 for r in rows if r[3] != "completed")
     assert got.failed_count < plain_failed
+
+
+@pytest.mark.timeout(180)
+def test_scripts_benchmark_profiles_every_stage_and_script(tmp_path: Path) -> None:
+    """`benchmarks/scripts.py` at 300 orders: every stage has positive server figures, each
+    script call is named and timed, and the commands inside scripts are counted per order."""
+    out = tmp_path / "scripts.json"
+    options = ["--orders", "300", "--no-reference", "--output", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scripts", *options],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "commands per item" in done.stdout
+    result = json.loads(out.read_text())["result"]
+    stages = result["stages"]
+    assert " ".join(stages) == "ingest reserve payment finalize rollback notify snapshot"
+    for name, stage in stages.items():
+        assert stage["messages"] > 0, name
+        assert stage["server_cpu_us_per_order"] > 0, name
+        assert stage["scripts_us_per_order"] > 0, name
+        assert stage["plain_commands_us_per_order"] > 0, name
+    assert stages["ingest"]["messages"] == stages["reserve"]["messages"] == 300
+    assert stages["finalize"]["messages"] + stages["rollback"]["messages"] == 300
+    scripts = result["scripts"]
+    for name in (
+        "ingest",
+        "stock_reserve",
+        "commit:reserve",
+        "gateway_charge",
+        "commit:payment",
+        "stock_settle:finalize",
+        "commit:finalize",
+        "stock_settle:rollback",
+        "commit:rollback",
+        "notify_claim",
+        "notify_settle",
+        "snapshot_register",
+    ):
+        assert scripts[name]["calls"] > 0, name
+        assert scripts[name]["us_per_call"] > 0, name
+        assert scripts[name]["us_per_order"] > 0, name
+    # Every order is committed once by finalize or rollback: the items per call add up.
+    commits = [scripts[f"commit:{s}"] for s in ("finalize", "rollback")]
+    assert sum(c["calls"] * c["items_per_call"] for c in commits) == pytest.approx(300, abs=1)
+    # Each reserved order costs commit.lua one HMGET, one HSET and one XADD (to payment).
+    ran = scripts["commit:reserve"]["commands_per_item"]
+    assert {name: ran[name]["calls_per_item"] for name in ("hmget", "hset", "xadd")} == {
+        "hmget": 1.0,
+        "hset": 1.0,
+        "xadd": 1.0,
+    }
+    assert result["inner_commands_without_script"] == 0
+    assert result["slowlog_overflows"] == 0
