@@ -48,9 +48,9 @@ from typing import Any
 import duckdb
 import redis
 
-from benchmarks.common import machine, private_server, save
+from benchmarks.common import cli_env, machine, private_server, save
 from benchmarks.generate import FIRST, LAST
-from benchmarks.ingest import ChildRun, child_env
+from benchmarks.ingest import ChildRun
 from streamproc.analytics.facts import COLUMNS, SEQ_BITS
 from streamproc.analytics.kpis import DayKpis, average_cents, query_range, range_kpis
 from streamproc.analytics.leaderboard import customer_standing, top_customers
@@ -539,7 +539,7 @@ def bench_snapshot(url: str, work: Path, facts: int, seed: int) -> dict[str, Any
     keys = Keys()
     client = redis.Redis.from_url(url)
     ensure_groups_sync(client, keys)
-    env = child_env(url, work / "home")
+    env = cli_env(url, work / "home")
     argv = [sys.executable, "-m", "streamproc", "snapshot"]
     # The same command on an empty stream: what start-up and shutdown cost on their own.
     idle = run_sampled(argv, env, work / "idle.out", work / "idle.err")
@@ -645,18 +645,22 @@ def run(
         shutil.rmtree(work, ignore_errors=True)
 
 
+# The timed KPI reads of each store layout, as the result names them.
+KPI_FIGURES = (
+    "year_query_range_ms",
+    "year_range_kpis_uncached_ms",
+    "year_range_kpis_cached_ms",
+    "day_query_range_ms",
+    "day_range_kpis_uncached_ms",
+)
+
+
 def summary(result: dict[str, Any]) -> str:
     """A plain-text report: the main figures, then the targets."""
     lines = ["KPI store (ms: p50 / p90 / max)"]
     for s in result["kpis"]["stores"]:
         lines.append(f"  {s['rows']:,} facts in {s['files']} file(s), {s['bytes'] / 2**20:.1f} MiB")
-        for name in (
-            "year_query_range_ms",
-            "year_range_kpis_uncached_ms",
-            "year_range_kpis_cached_ms",
-            "day_query_range_ms",
-            "day_range_kpis_uncached_ms",
-        ):
+        for name in KPI_FIGURES:
             f = s[name]
             lines.append(f"    {name:<30} {f['p50']:>8.2f} {f['p90']:>8.2f} {f['max']:>8.2f}")
         lines.append(f"    day check (query == recomputation): {s['day_check']['matches']}")

@@ -45,7 +45,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import free_port, machine, private_server, save
+from benchmarks.common import free_port, machine, pipeline_env, private_server, save
 from benchmarks.generate import write_orders
 from streamproc.keys import Keys
 from streamproc.status import collect_status
@@ -114,19 +114,6 @@ class Api:
 def missing_tools() -> list[str]:
     """The load generators that are not on PATH."""
     return [tool for tool in TOOLS if shutil.which(tool) is None]
-
-
-def cli_env(url: str, home: Path) -> dict[str, str]:
-    """Environment for streamproc subprocesses: our server only, no inherited STREAMPROC_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
-    env.update(
-        STREAMPROC_REDIS_URL=url,
-        STREAMPROC_HOME=str(home),
-        STREAMPROC_PAYMENT_LATENCY_MS="0",
-        STREAMPROC_DEFAULT_STOCK="10000000",
-        STREAMPROC_LOG_LEVEL="WARNING",
-    )
-    return env
 
 
 def seed(url: str, env: dict[str, str], work: Path, orders: int) -> dict[str, Any]:
@@ -523,7 +510,7 @@ def run(cfg: Config) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="sp-api-bench-"))
     try:
         with private_server() as url:
-            env = cli_env(url, work / "home")
+            env = pipeline_env(url, work / "home")
             seeded = seed(url, env, work, cfg.orders)
             runs = [run_level(env, url, cfg, work, level) for level in LOG_LEVELS]
     finally:

@@ -29,6 +29,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cli_env(url: str, home: Path, **extra: str) -> dict[str, str]:
+    """Environment for streamproc children: our server and home only, nothing inherited from
+    STREAMPROC_*, quiet logs; `extra` adds or overrides variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
+    env.update(STREAMPROC_REDIS_URL=url, STREAMPROC_HOME=str(home), STREAMPROC_LOG_LEVEL="WARNING")
+    env.update(extra)
+    return env
+
+
+def pipeline_env(url: str, home: Path, latency_ms: int = 0) -> dict[str, str]:
+    """cli_env for a pipeline run: the given gateway latency, stock that never runs out."""
+    return cli_env(
+        url,
+        home,
+        STREAMPROC_PAYMENT_LATENCY_MS=str(latency_ms),
+        STREAMPROC_DEFAULT_STOCK="10000000",
+    )
+
+
 def server_binary() -> str:
     """Debian's redis-server when present, else the embedded valkey binary."""
     found = shutil.which("redis-server")

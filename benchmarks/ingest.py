@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import machine, private_server, save
+from benchmarks.common import cli_env, machine, private_server, save
 from benchmarks.generate import write_rows
 from streamproc.keys import Keys
 
@@ -100,13 +100,6 @@ def generate(path: Path, rows: int, seed: int) -> tuple[int, float]:
     return orders, time.perf_counter() - started
 
 
-def child_env(url: str, home: Path) -> dict[str, str]:
-    """The environment of the ingest child: our server, our home, nothing inherited."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
-    env.update(STREAMPROC_REDIS_URL=url, STREAMPROC_HOME=str(home), STREAMPROC_LOG_LEVEL="WARNING")
-    return env
-
-
 def durability(client: redis.Redis) -> dict[str, str]:
     """The server's persistence settings during the run."""
     config = client.config_get("append*")
@@ -124,7 +117,7 @@ def measure_size(rows: int, seed: int, appendfsync: str, batch_size: int) -> dic
             conditions = durability(client)
             argv = [sys.executable, "-m", "streamproc", "ingest", str(csv_path), "--json"]
             argv += ["--batch-size", str(batch_size)]
-            child = run_child(argv, child_env(url, work / "home"), work / "out", work / "err")
+            child = run_child(argv, cli_env(url, work / "home"), work / "out", work / "err")
             if child.returncode != 0:
                 err = (work / "err").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"ingest exited {child.returncode}: {err}")

@@ -36,7 +36,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import machine, private_server, save
+from benchmarks.common import machine, pipeline_env, private_server, save
 from benchmarks.generate import write_orders
 from streamproc.keys import Keys
 from streamproc.status import collect_status
@@ -289,14 +289,7 @@ def _run_in(
         chunks = _split_csv(csv_path, work, per_chunk)
         interval_s = per_chunk / rate
     with private_server() as url:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
-        env.update(
-            STREAMPROC_REDIS_URL=url,
-            STREAMPROC_HOME=str(work / "home"),
-            STREAMPROC_PAYMENT_LATENCY_MS=str(latency_ms),
-            STREAMPROC_DEFAULT_STOCK="10000000",
-            STREAMPROC_LOG_LEVEL="WARNING",
-        )
+        env = pipeline_env(url, work / "home", latency_ms)
         env.update(extra_env or {})
         with redis.Redis.from_url(url) as admin:
             for name, value in (server_config or {}).items():

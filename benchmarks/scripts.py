@@ -28,7 +28,6 @@ Results go to benchmarks/results/scripts.json.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -42,7 +41,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import machine, private_server, save
+from benchmarks.common import machine, pipeline_env, private_server, save
 from benchmarks.generate import write_orders
 from benchmarks.slowlog import BENCH_CLIENT, SCRIPT_COMMANDS, Figures, Profile, SlowLog
 from streamproc.keys import Keys
@@ -103,14 +102,7 @@ def _one_run(
     home = work / f"home-{threshold_us}"
     out: dict[str, dict[str, Any]] = {}
     with private_server() as url:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
-        env.update(
-            STREAMPROC_REDIS_URL=url,
-            STREAMPROC_HOME=str(home),
-            STREAMPROC_PAYMENT_LATENCY_MS="0",
-            STREAMPROC_DEFAULT_STOCK="10000000",
-            STREAMPROC_LOG_LEVEL="WARNING",
-        )
+        env = pipeline_env(url, home)
         admin = redis.Redis.from_url(url, client_name=BENCH_CLIENT)
         for name in script_names():
             # Loaded beforehand: a NOSCRIPT reply is logged like a call, and was never one.

@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
@@ -101,6 +101,23 @@ def free_port_block(count: int, attempts: int = 50) -> int:
     raise RuntimeError(f"no block of {count} free ports found")
 
 
+def wait_api_healthy(
+    port: int, proc: subprocess.Popen[bytes], log: Callable[[], str], timeout_s: float = 30
+) -> None:
+    """Wait until the API on `port` answers /api/health with 200; fail with `log()` if `proc`
+    (which runs it) exits first or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, f"exited {proc.returncode}\n{log()}"
+        try:
+            if httpx.get(f"http://{HOST}:{port}/api/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"the API never answered\n{log()}"
+        time.sleep(0.1)
+
+
 GRACE_S = 4.0  # STREAMPROC_SHUTDOWN_GRACE_S's default
 STOP_MARGIN_S = 3.0  # up's own margin over the grace period
 
@@ -131,16 +148,8 @@ class Up:
         for stage, count in scale.items():
             if count:
                 wait_consumers_registered(self.env, stage, count, self.log, 30)
-        deadline = time.monotonic() + 30
-        while api_port is not None:
-            assert self.proc.poll() is None, f"up exited {self.proc.returncode}\n{self.log()}"
-            try:
-                if httpx.get(f"http://{HOST}:{api_port}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"the API never answered\n{self.log()}"
-            time.sleep(0.1)
+        if api_port is not None:
+            wait_api_healthy(api_port, self.proc, self.log)
         self.tree()
 
     def ctrl_c(self) -> None:

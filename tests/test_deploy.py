@@ -18,14 +18,19 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from supervisor.datatypes import RestartUnconditionally
 from supervisor.options import ServerOptions
 
 from streamproc.keys import STAGES
 from tests.helpers import HOST, REPO_ROOT, free_port
-from tests.proc_support import HAS_PROC, descendants, kill_leftovers, wait_gone
+from tests.proc_support import (
+    HAS_PROC,
+    descendants,
+    kill_leftovers,
+    wait_api_healthy,
+    wait_gone,
+)
 from tests.support import cli, export, wait_consumers_registered
 
 VENV_BIN = Path(sys.executable).parent
@@ -33,19 +38,6 @@ DEPLOY = REPO_ROOT / "deploy"
 PROD_STREAMPROC = "/opt/streamproc/.venv/bin/streamproc"
 GRACE_S = 4.0  # STREAMPROC_SHUTDOWN_GRACE_S's default, also set in the shipped files
 HONCHO_KILL_WAIT_S = 5.0  # honcho SIGKILLs what still runs this long after its SIGTERM
-
-
-def _wait_api(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, log.read_text()[-4000:]
-        try:
-            if httpx.get(f"http://{HOST}:{port}/api/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"API not up\n{log.read_text()[-4000:]}"
-        time.sleep(0.1)
 
 
 def _run_sample(env: dict[str, str]) -> None:
@@ -119,7 +111,7 @@ def test_procfile_runs_under_honcho_and_stops_within_its_kill_wait(
     try:
         for stage in STAGES:
             wait_consumers_registered(env, stage, 1, log.read_text)
-        _wait_api(api_port, honcho, log)
+        wait_api_healthy(api_port, honcho, lambda: log.read_text()[-4000:])
         _run_sample(env)
         seen = descendants(honcho.pid)
         os.killpg(honcho.pid, signal.SIGINT)
@@ -236,7 +228,7 @@ def test_supervisord_runs_every_program_and_stops_them_cleanly(
         wait_consumers_registered(env, "payment", 2, log.read_text)
         for stage in STAGES:
             wait_consumers_registered(env, stage, 1, log.read_text)
-        _wait_api(api_port, daemon, log)
+        wait_api_healthy(api_port, daemon, lambda: log.read_text()[-4000:])
         _run_sample(env)
         seen = descendants(daemon.pid)
         assert len(seen) == 8, seen

@@ -26,20 +26,10 @@ from tests.helpers import free_port, spawn_cli, stop_procs
 from tests.invariants import assert_one_notification_line_per_record
 from tests.notify_support import KEYS, all_records, assert_indexes_agree
 from tests.smtp_support import SmtpSink, wait_until
+from tests.support import HEADER as BASE_HEADER
 from tests.support import Pipeline, cli, export, notification_lines
 
-HEADER = [
-    "order_id",
-    "customer_id",
-    "customer_name",
-    "product_sku",
-    "product_name",
-    "quantity",
-    "unit_price",
-    "currency",
-    "order_date",
-    "customer_email",
-]
+HEADER = [*BASE_HEADER, "customer_email"]
 SENDER = "shop@example.com"
 
 
