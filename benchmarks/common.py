@@ -19,6 +19,8 @@ from typing import Any
 
 import redis
 
+from streamproc.server_settings import MEMORY, server_args
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -60,7 +62,8 @@ def server_binary() -> str:
 
 @contextmanager
 def private_server(appendfsync: str = "everysec") -> Iterator[str]:
-    """Start a server of our own (AOF on) and yield its URL; stopped on exit."""
+    """Start a server of our own (AOF on, streamproc's memory settings) and yield its URL;
+    stopped on exit."""
     port = free_port()
     data = Path(tempfile.mkdtemp(prefix="sp-bench-"))
     proc = subprocess.Popen(
@@ -72,10 +75,7 @@ def private_server(appendfsync: str = "everysec") -> Iterator[str]:
             "127.0.0.1",
             "--dir",
             str(data),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            appendfsync,
+            *server_args((("appendonly", "yes"), ("appendfsync", appendfsync), *MEMORY)),
             "--save",
             "",
         ],

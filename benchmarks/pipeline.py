@@ -38,6 +38,7 @@ import redis
 
 from benchmarks.common import machine, pipeline_env, private_server, save
 from benchmarks.generate import write_orders
+from benchmarks.memory import memory_by_family
 from streamproc.keys import Keys
 from streamproc.status import collect_status
 
@@ -301,6 +302,7 @@ def _run_in(
         commands = _server_commandstats(client, orders)
         stamps = _histories(client, keys)
         memory = int(client.info("memory")["used_memory"])
+        by_family = memory_by_family(client, keys)
         client.close()
     span_s = (max(s[-1] for s in stamps) - min(s[0] for s in stamps)) / 1000 if stamps else 0.0
     result: dict[str, Any] = {
@@ -335,6 +337,8 @@ def _run_in(
         "orders_by_state": status.orders,
         "redis_used_memory_bytes": memory,
         "redis_bytes_per_order": round(memory / orders, 1),
+        # Keys only (used_memory also holds buffers, the script cache and allocator overhead).
+        "redis_key_bytes_per_order": {f: round(b / orders, 1) for f, b in by_family.items()},
     }
     if rate:
         result["target_rate"] = rate

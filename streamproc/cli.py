@@ -24,6 +24,7 @@ from streamproc.embedded import embedded_status, stop_embedded
 from streamproc.errors import ConfigError, InputFileError, ServerError, StreamprocError
 from streamproc.keys import Keys
 from streamproc.logs import LogConfig, dict_config, json_enabled, setup_logging
+from streamproc.server_settings import shortfalls
 from streamproc.settings import Settings
 
 EXIT_OK, EXIT_SOME_REJECTED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
@@ -251,7 +252,9 @@ def consume(
         signal.signal(signum, _exit_cleanly)
     stages = resolve_stages(stage)
     url = env.url
-    env.client().close()  # fail fast and clearly when the server is not there
+    with env.client() as client:  # fail fast and clearly when the server is not there
+        for shortfall in shortfalls(client):
+            log.warning("server setting: %s", shortfall)
     _use_uvloop()
     code = asyncio.run(
         run_worker(

@@ -19,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from streamproc.errors import ServerError
+from streamproc.server_settings import server_args
 
 HOST = "127.0.0.1"
 STATE_FILE = "server.json"
@@ -205,8 +206,7 @@ def _spawn(binary: Path, home: Path, port: int) -> None:
         "--port", str(port),
         "--protected-mode", "yes",
         "--dir", str(home),
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
+        *server_args(),
         "--save", "",
         "--pidfile", str(home / PID_FILE),
         "--logfile", str(home / LOG_FILE),

@@ -16,6 +16,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from streamproc.server_settings import MEMORY, server_args
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 10.0
@@ -114,6 +116,7 @@ class ServerHandle:
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", "always",
+            *server_args(MEMORY),
             "--save", "",
             "--logfile", "",
         ]  # fmt: skip

@@ -60,6 +60,11 @@ def test_pipeline_benchmark_at_a_fixed_rate_measures_latency_and_cpu() -> None:
     assert isinstance(cpu, dict)
     assert cpu["consumers"] > 0 and cpu["server"] >= 0  # /proc ticks are 10 ms
     assert float(str(result["redis_bytes_per_order"])) > 0
+    by_family = result["redis_key_bytes_per_order"]
+    assert isinstance(by_family, dict)
+    # Every order's hash and stock reservation is found and counted under its own family.
+    assert by_family["order hashes"] > 0 and by_family["stock reservations"] > 0
+    assert "other" not in by_family or by_family["other"] < by_family["order hashes"]
 
 
 @pytest.mark.skipif(
