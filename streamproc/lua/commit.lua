@@ -5,12 +5,15 @@
 -- An item with an empty to_state is ack-only (stages with no state change, e.g. notify).
 -- A completion is added to the leaderboards in the same step, so they count each order exactly
 -- once; while a rebuild runs (its marker key exists) it is added to the staging boards as well.
+-- The completions are summed per customer and per SKU in Lua and written once per batch
+-- (lib/leaderboard.lua): per currency one ZMSCORE, ZADD, HMGET and HSET for the customers and the
+-- same for the products, and one SADD of the currencies -- per batch, not per order.
 -- A terminal order's entries carry r=1 when the order reached a terminal state before (it was
 -- re-submitted or its dead letter retried), so the analytics keep only its latest outcome.
--- Per order it costs one HMGET, one HSET and one XADD per output; the acks, the state counters and
--- the day's counters are written once per batch. Should a call fail half-way, everything decided
--- before the failure is still acked and counted before the error is returned, so a retry finds
--- those messages stale and the counters right.
+-- Per order it costs one HMGET, one HSET and one XADD per output; the leaderboards, the acks, the
+-- state counters and the day's counters are written once per batch. Should a call fail half-way,
+-- everything decided before the failure is still acked, counted and added to the leaderboards
+-- before the error is returned, so a retry finds those messages stale and every figure right.
 -- KEYS[1] source stream   KEYS[2] state counts   KEYS[3 .. 2+m] output streams 1..m
 -- KEYS[3+m] today's counters hash (terminal states, and revenue per currency of completed orders)
 -- KEYS[4+m] this second's throughput counter   KEYS[5+m] leaderboard rebuild marker
@@ -36,6 +39,7 @@ for t = 1, tonumber(ARGV[8]) do
 end
 local first = 8 + 3 * #transitions
 local rebuilding -- looked up at the first completion
+local live, staging -- the completions' leaderboard sums, written once after the batch
 local terminals = 0
 local terminal = { completed = true, failed = true, rolled_back = true }
 -- Revenue is summed per currency in Lua numbers while they stay exact (below 2^53 cents).
@@ -70,16 +74,16 @@ local function apply()
         out[i] = -1
       else
         if cur[3] == stage and cur[2] == attempt then
-          -- The leaderboards first: decoding the payload is what can fail, and then the order
-          -- must stay as it was.
+          local figures
+          -- A completion's payload is decoded first: decoding is what can fail, and then the
+          -- order must stay as it was.
           if to_state == "completed" then
             if rebuilding == nil then
               rebuilding = redis.call("EXISTS", KEYS[K_REBUILD]) == 1
+              live = lb_batch(lb_live, lb_live .. "currencies")
+              staging = lb_batch(lb_staging, lb_staging .. "currencies")
             end
-            lb_add_order(lb_live, cur[4])
-            if rebuilding then
-              lb_add_order(lb_staging, cur[4])
-            end
+            figures = lb_decode_order(cur[4])
           end
           local note, history = ARGV[b + 5], (cur[5] or "") .. ";" .. to_state .. "@" .. now
           if note ~= "" then
@@ -87,6 +91,13 @@ local function apply()
               "p", note)
           else
             redis.call("HSET", key, "s", to_state, "k", transition[2], "u", now, "h", history)
+          end
+          -- Counted once its state moved (the sums cannot fail), written after the batch.
+          if figures then
+            lb_add_order(live, figures)
+            if rebuilding then
+              lb_add_order(staging, figures)
+            end
           end
           local outputs = transition[3]
           local prior = terminal[to_state] and (attempt ~= "1" or
@@ -134,6 +145,16 @@ local function apply()
 end
 
 local ok, err = pcall(apply)
+-- The boards get the completions applied before any failure, like the acks and counters below.
+-- Should the flush itself fail (a board key of the wrong type), those orders have moved on all
+-- the same and are acked: their board figures are lost, as a retry would find them stale.
+local flushed, flush_err = true, nil
+if live then
+  flushed, flush_err = pcall(function()
+    lb_flush(live)
+    lb_flush(staging)
+  end)
+end
 for i = 1, #acks, 1000 do
   redis.call("XACK", KEYS[1], group, unpack(acks, i, math.min(i + 999, #acks)))
 end
@@ -154,6 +175,9 @@ if terminals > 0 then
 end
 if not ok then
   error(err)
+end
+if not flushed then
+  error(flush_err)
 end
 for i = 1, #latencies do
   out[n + i] = latencies[i]

@@ -11,16 +11,17 @@ if redis.call("GET", KEYS[1]) ~= ARGV[1] then
   return "lost"
 end
 redis.call("PEXPIRE", KEYS[1], ARGV[2])
-local prefix = ARGV[3]
+-- The rows go through the same sums and flush as the live completions (lib/leaderboard.lua).
+local batch = lb_batch(ARGV[3], KEYS[2])
 for b = 4, #ARGV, 9 do
   local cur = ARGV[b + 1]
   if ARGV[b] == "c" then
-    lb_customer(prefix, cur, ARGV[b + 2], ARGV[b + 3], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7],
-      ARGV[b + 8])
+    lb_add_customer(batch, cur, ARGV[b + 2], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 5]),
+      ARGV[b + 6], ARGV[b + 7], ARGV[b + 8])
   else
-    lb_product(prefix, cur, ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6],
-      ARGV[b + 8])
+    lb_add_product(batch, cur, ARGV[b + 2], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]),
+      tonumber(ARGV[b + 5]), ARGV[b + 6], ARGV[b + 8])
   end
-  redis.call("SADD", KEYS[2], cur)
 end
+lb_flush(batch)
 return "ok"

@@ -3,58 +3,231 @@
 -- figure is additive, the dates keep their minimum / maximum and a name is the one on the
 -- customer's (SKU's) latest order by (order_date, order_id), so adding in any order or merging
 -- partial sums gives the same board. Amounts are integer cents, exact below 2^53.
-local function lb_customer(prefix, cur, customer, cents, orders, name, first, last)
-  local info = prefix .. cur .. ":customer_info"
-  redis.call("ZINCRBY", prefix .. cur .. ":customers", cents, customer)
-  redis.call("HINCRBY", info, customer .. ":n", orders)
-  local have = redis.call("HMGET", info, customer .. ":first", customer .. ":k")
-  if not have[1] or first < have[1] then
-    redis.call("HSET", info, customer .. ":first", first)
+-- A script sums its orders (or merge rows) per customer and per SKU in Lua tables first
+-- (lb_batch, lb_add_*) and writes them with lb_flush: per currency and per 500 customers (SKUs)
+-- one ZMSCORE, one ZADD, one HMGET and at most one HSET, and one SADD of the batch's currencies;
+-- an order costs no command of its own. The counters are read and written back (the script is
+-- atomic) instead of HINCRBY, which only takes over when a sum reaches 2^53.
+-- The sums are arrays, not records with named fields: filling hash parts cost Lua about 5% more
+-- of the server's instructions per order (callgrind), a third of what the batching saves.
+local LB_EXACT = 9007199254740992
+local LB_CHUNK = 500 -- ids per call: HSET takes up to 8 values per id, unpack() allows 8000
+local lb_format, lb_floor = string.format, math.floor
+
+-- Sums for one board prefix (the live boards, or a rebuild's staging copy): { prefix, its set of
+-- currencies, the currencies in order, per currency { customer ids, customer -> sums, SKUs,
+-- SKU -> sums, number of customers, number of SKUs } }.
+local function lb_batch(prefix, currencies)
+  return { prefix, currencies, {}, {} }
+end
+
+local function lb_currency(batch, cur)
+  local c = batch[4][cur]
+  if not c then
+    c = { {}, {}, {}, {}, 0, 0 }
+    batch[4][cur] = c
+    local curs = batch[3]
+    curs[#curs + 1] = cur
   end
-  if not have[2] or last > have[2] then
-    redis.call("HSET", info, customer .. ":k", last, customer .. ":name", name)
+  return c
+end
+
+-- Strings only (amounts numbers): comparisons and table keys must not fail or split later.
+-- A name is taken when its key is strictly greater, so of equal keys the first added stays, as
+-- with one update per order. Sums: { cents, orders, first date, last key, name }.
+local function lb_add_customer(batch, cur, customer, cents, orders, name, first, last)
+  local c = lb_currency(batch, cur)
+  local s = c[2][customer]
+  if not s then
+    c[5] = c[5] + 1
+    c[1][c[5]] = customer
+    c[2][customer] = { cents, orders, first, last, name }
+    return
+  end
+  s[1], s[2] = s[1] + cents, s[2] + orders
+  if first < s[3] then
+    s[3] = first
+  end
+  if last > s[4] then
+    s[4], s[5] = last, name
   end
 end
 
-local function lb_product(prefix, cur, sku, units, cents, orders, name, last)
-  local info = prefix .. cur .. ":product_info"
-  redis.call("ZINCRBY", prefix .. cur .. ":products", units, sku)
-  redis.call("HINCRBY", info, sku .. ":r", cents)
-  redis.call("HINCRBY", info, sku .. ":n", orders)
-  if name ~= "" then
-    local have = redis.call("HGET", info, sku .. ":k")
-    if not have or last > have then
-      redis.call("HSET", info, sku .. ":k", last, sku .. ":name", name)
-    end
+-- An empty name never replaces a stored one: `last` then plays no part.
+-- Sums: { units, revenue cents, orders, last key of a named line (or nil), its name }.
+local function lb_add_product(batch, cur, sku, units, cents, orders, name, last)
+  local c = lb_currency(batch, cur)
+  local s = c[4][sku]
+  if not s then
+    c[6] = c[6] + 1
+    c[3][c[6]] = sku
+    s = { 0, 0, 0, nil, nil }
+    c[4][sku] = s
+  end
+  s[1], s[2], s[3] = s[1] + units, s[2] + cents, s[3] + orders
+  if name ~= "" and (not s[4] or last > s[4]) then
+    s[4], s[5] = last, name
   end
 end
 
--- One completed order, from its stored payload (models.Order, array-like JSON:
--- [order_id, customer_id, customer_name, currency, order_date, [[sku, name, qty, cents]...], email]).
-local function lb_add_order(prefix, payload)
+-- One completed order's figures from its stored payload (models.Order, array-like JSON:
+-- [order_id, customer_id, customer_name, currency, order_date, [[sku, name, qty, cents]...], email]):
+-- { currency, customer id, name, order date, "<order_date>|<order_id>", total cents, per SKU
+-- { sku, units, cents, the last non-empty line name } }. This is the part that can fail (a bad
+-- payload) and it writes nothing, so a caller decodes first and adds (lb_add_order, which cannot
+-- fail) only once the order is sure to be applied.
+local function lb_decode_order(payload)
   local o = cjson.decode(payload)
-  local oid, customer, name, cur, date = o[1], string.format("%.0f", o[2]), o[3], o[4], o[5]
-  local key = date .. "|" .. oid
-  local total, skus, per = 0, {}, {}
+  local date = o[5] .. ""
+  local total, lines, per, n = 0, {}, {}, 0
   for _, ln in ipairs(o[6]) do
-    local sku, amount = ln[1], ln[3] * ln[4]
+    local sku, amount = ln[1] .. "", ln[3] * ln[4]
     total = total + amount
     local p = per[sku]
     if not p then
-      p = { 0, 0, "" }
+      p = { sku, 0, 0, "" }
       per[sku] = p
-      skus[#skus + 1] = sku
+      n = n + 1
+      lines[n] = p
     end
-    p[1], p[2] = p[1] + ln[3], p[2] + amount
+    p[2], p[3] = p[2] + ln[3], p[3] + amount
     if ln[2] ~= "" then
-      p[3] = ln[2]
+      p[4] = ln[2] .. ""
     end
   end
-  lb_customer(prefix, cur, customer, string.format("%.0f", total), 1, name, date, key)
-  for _, sku in ipairs(skus) do
-    local p = per[sku]
-    lb_product(prefix, cur, sku, string.format("%.0f", p[1]), string.format("%.0f", p[2]), 1,
-      p[3], key)
+  return { o[4] .. "", lb_format("%.0f", o[2]), o[3] .. "", date, date .. "|" .. o[1], total,
+    lines }
+end
+
+local function lb_add_order(batch, d)
+  local cur, key = d[1], d[5]
+  lb_add_customer(batch, cur, d[2], d[6], 1, d[3], d[4], key)
+  for _, p in ipairs(d[7]) do
+    lb_add_product(batch, cur, p[1], p[2], p[3], 1, p[4], key)
   end
-  redis.call("SADD", prefix .. "currencies", cur)
+end
+
+-- The stored integer `have` (false: none) plus `by` as the string to store, or nil when the sum
+-- is not exact in a Lua number (or `have` is no integer): then HINCRBY adds it, as it always did.
+local function lb_sum(have, by)
+  local v = 0
+  if have then
+    v = tonumber(have)
+    if not v or v ~= lb_floor(v) then
+      return nil
+    end
+  end
+  v = v + by
+  if v >= LB_EXACT or v <= -LB_EXACT then
+    return nil
+  end
+  return lb_format("%.0f", v)
+end
+
+-- Appends field and value to `sets` (its length m), or adds with HINCRBY; returns the length.
+local function lb_counter(info, sets, m, field, have, by)
+  local v = lb_sum(have, by)
+  if not v then
+    redis.call("HINCRBY", info, field, lb_format("%.0f", by))
+    return m
+  end
+  sets[m + 1], sets[m + 2] = field, v
+  return m + 2
+end
+
+-- The sorted set `board` plus each id's amount (index 1 of its sums): the new scores are the old
+-- ones plus the sums, as ZINCRBY would make them (%.17g gives back the exact double).
+local function lb_scores(board, ids, from, to, sums, args)
+  local scores = redis.call("ZMSCORE", board, unpack(ids, from, to))
+  local m = 0
+  for i = from, to do
+    local id = ids[i]
+    args[m + 1] = lb_format("%.17g", (tonumber(scores[i - from + 1]) or 0) + sums[id][1])
+    args[m + 2] = id
+    m = m + 2
+  end
+  redis.call("ZADD", board, unpack(args, 1, m))
+end
+
+local function lb_flush_customers(prefix, cur, ids, count, sums, scratch)
+  local board, info = prefix .. cur .. ":customers", prefix .. cur .. ":customer_info"
+  for from = 1, count, LB_CHUNK do
+    local to = math.min(from + LB_CHUNK - 1, count)
+    lb_scores(board, ids, from, to, sums, scratch[1])
+    local fields, f = scratch[2], 0
+    for i = from, to do
+      local id = ids[i]
+      fields[f + 1], fields[f + 2], fields[f + 3] = id .. ":n", id .. ":first", id .. ":k"
+      f = f + 3
+    end
+    local have = redis.call("HMGET", info, unpack(fields, 1, f))
+    local sets, m = scratch[3], 0
+    for i = from, to do
+      local id, j = ids[i], (i - from) * 3
+      local s = sums[id]
+      m = lb_counter(info, sets, m, fields[j + 1], have[j + 1], s[2])
+      local first = have[j + 2]
+      if not first or s[3] < first then
+        sets[m + 1], sets[m + 2] = fields[j + 2], s[3]
+        m = m + 2
+      end
+      local last = have[j + 3]
+      if not last or s[4] > last then
+        sets[m + 1], sets[m + 2], sets[m + 3], sets[m + 4] = fields[j + 3], s[4], id .. ":name",
+          s[5]
+        m = m + 4
+      end
+    end
+    if m > 0 then
+      redis.call("HSET", info, unpack(sets, 1, m))
+    end
+  end
+end
+
+local function lb_flush_products(prefix, cur, ids, count, sums, scratch)
+  local board, info = prefix .. cur .. ":products", prefix .. cur .. ":product_info"
+  for from = 1, count, LB_CHUNK do
+    local to = math.min(from + LB_CHUNK - 1, count)
+    lb_scores(board, ids, from, to, sums, scratch[1])
+    local fields, f = scratch[2], 0
+    for i = from, to do
+      local id = ids[i]
+      fields[f + 1], fields[f + 2], fields[f + 3] = id .. ":r", id .. ":n", id .. ":k"
+      f = f + 3
+    end
+    local have = redis.call("HMGET", info, unpack(fields, 1, f))
+    local sets, m = scratch[3], 0
+    for i = from, to do
+      local id, j = ids[i], (i - from) * 3
+      local s = sums[id]
+      m = lb_counter(info, sets, m, fields[j + 1], have[j + 1], s[2])
+      m = lb_counter(info, sets, m, fields[j + 2], have[j + 2], s[3])
+      local last = have[j + 3]
+      if s[4] and (not last or s[4] > last) then
+        sets[m + 1], sets[m + 2], sets[m + 3], sets[m + 4] = fields[j + 3], s[4], id .. ":name",
+          s[5]
+        m = m + 4
+      end
+    end
+    if m > 0 then
+      redis.call("HSET", info, unpack(sets, 1, m))
+    end
+  end
+end
+
+-- Write a batch's sums to its boards (nothing when it is empty).
+local function lb_flush(batch)
+  local prefix, curs = batch[1], batch[3]
+  if #curs == 0 then
+    return
+  end
+  -- Argument lists, reused: only their first entries are passed (unpack with a count), and
+  -- growing fresh tables again for every chunk costs Lua more than the stale tail.
+  local scratch = { {}, {}, {} }
+  for _, cur in ipairs(curs) do
+    local c = batch[4][cur]
+    lb_flush_customers(prefix, cur, c[1], c[5], c[2], scratch)
+    lb_flush_products(prefix, cur, c[3], c[6], c[4], scratch)
+  end
+  redis.call("SADD", batch[2], unpack(curs))
 end

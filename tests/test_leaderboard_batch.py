@@ -1,0 +1,244 @@
+"""commit.lua's leaderboard sums per batch (lib/leaderboard.lua) against the per-order rules.
+
+The boards are written once per batch from sums kept in Lua; they must come out exactly as one
+update per order in item order would leave them: sums, the first order date, and the name on the
+latest order by (order_date, order_id), where an equal key keeps the name already there and an
+SKU line without a name never replaces one. Checked with several orders of the same customer and
+SKU in one batch, out of date order, with the staging boards of a running rebuild, and for a batch
+whose later order cannot be decoded (the orders before it still count, the failed one stays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import ResponseError
+
+from streamproc.connection import async_client
+from streamproc.context import StageContext
+from streamproc.keys import BOARDS
+from streamproc.models import Line, Order, encode_order
+from streamproc.settings import Settings
+from streamproc.transport import Decision, StageStream, ensure_groups
+from tests.support import KEYS
+
+
+def expected_boards(orders: list[Order]) -> dict[str, Any]:
+    """The boards as one update per order (the rules of lib/leaderboard.lua) leaves them."""
+    boards: dict[str, Any] = {}
+    for o in orders:
+        cur, cid, key = o.currency, str(o.customer_id), f"{o.order_date}|{o.order_id}"
+        scores = boards.setdefault(f"{cur}:customers", {})
+        info = boards.setdefault(f"{cur}:customer_info", {})
+        scores[cid] = scores.get(cid, 0) + o.total_cents
+        info[f"{cid}:n"] = str(int(info.get(f"{cid}:n", "0")) + 1)
+        if f"{cid}:first" not in info or o.order_date < info[f"{cid}:first"]:
+            info[f"{cid}:first"] = o.order_date
+        if f"{cid}:k" not in info or key > info[f"{cid}:k"]:
+            info[f"{cid}:k"], info[f"{cid}:name"] = key, o.customer_name
+        per: dict[str, list[Any]] = {}
+        for ln in o.lines:
+            p = per.setdefault(ln.sku, [0, 0, ""])
+            p[0] += ln.quantity
+            p[1] += ln.amount_cents
+            if ln.name:
+                p[2] = ln.name
+        units = boards.setdefault(f"{cur}:products", {})
+        pinfo = boards.setdefault(f"{cur}:product_info", {})
+        for sku, (qty, cents, name) in per.items():
+            units[sku] = units.get(sku, 0) + qty
+            pinfo[f"{sku}:r"] = str(int(pinfo.get(f"{sku}:r", "0")) + cents)
+            pinfo[f"{sku}:n"] = str(int(pinfo.get(f"{sku}:n", "0")) + 1)
+            if name and (f"{sku}:k" not in pinfo or key > pinfo[f"{sku}:k"]):
+                pinfo[f"{sku}:k"], pinfo[f"{sku}:name"] = key, name
+        boards.setdefault("currencies", set()).add(cur)
+    return boards
+
+
+def stored_boards(r: redis.Redis, staging: bool = False) -> dict[str, Any]:
+    """Every board key under the live (or staging) prefix, as stored."""
+    out: dict[str, Any] = {}
+    currencies = r.smembers(KEYS.leaderboard_currencies(staging))
+    if currencies:
+        out["currencies"] = set(currencies)
+    for cur in currencies:
+        for board in BOARDS:
+            key = KEYS.leaderboard(cur, board, staging)
+            if board in ("customers", "products"):
+                rows = r.zrange(key, 0, -1, withscores=True)
+                out[f"{cur}:{board}"] = {m: int(s) for m, s in rows}
+                assert all(s == int(s) for _, s in rows)
+            else:
+                out[f"{cur}:{board}"] = r.hgetall(key)
+    return out
+
+
+def put_orders(r: redis.Redis, orders: list[Order], payloads: dict[str, bytes]) -> None:
+    """Each order waiting for finalize, as payment leaves it."""
+    for o in orders:
+        r.hset(
+            KEYS.order(o.order_id),
+            mapping={
+                "s": "paid",
+                "a": "1",
+                "k": "finalize",
+                "c": 1,
+                "h": "pending@1;paid@2",
+                "d": payloads.get(o.order_id, encode_order(o)),
+            },
+        )
+
+
+def commit_batches(
+    redis_url: str, orders: list[Order], sizes: list[int], payloads: dict[str, bytes]
+) -> list[Any]:
+    """Send every order to finalize and complete them in batches of the given sizes (negative:
+    the pending ones again); per batch the script's results, or the error it raised."""
+
+    async def main() -> list[Any]:
+        client = async_client(redis_url)
+        try:
+            ctx = StageContext.build(Settings(redis_url=redis_url), client)
+            await ensure_groups(client, KEYS)
+            for o in orders:
+                fields = {
+                    "o": o.order_id,
+                    "a": "1",
+                    "s": "paid",
+                    "d": payloads.get(o.order_id, encode_order(o)),
+                }
+                await client.xadd(KEYS.stream("finalize"), fields)
+            stream = StageStream(client, ctx.scripts, KEYS, "finalize", "c1")
+            out: list[Any] = []
+            for size in sizes:
+                # A negative size: re-read this consumer's pending entries (a retry).
+                if size < 0:
+                    batch = await stream.read_pending(-size)
+                else:
+                    batch = await stream.read(size, None)
+                try:
+                    committed = await stream.commit([Decision(m, "completed") for m in batch])
+                    out.append(committed.results)
+                except ResponseError as exc:
+                    out.append(exc)
+            return out
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def random_orders(rng: random.Random, n: int) -> list[Order]:
+    """Few customers and SKUs, dates out of order and often equal, SKUs repeated within an
+    order, lines without a name, two currencies."""
+    orders = []
+    for i in range(n):
+        lines = [
+            Line(
+                f"SKU-{rng.randrange(6)}",
+                rng.choice(["", "", f"Name{rng.randrange(9)}"]),
+                rng.randrange(1, 5),
+                rng.randrange(1, 50_000),
+            )
+            for _ in range(rng.randrange(1, 5))
+        ]
+        orders.append(
+            Order(
+                f"O{rng.randrange(100_000):05d}-{i:04d}",
+                rng.randrange(1, 8),
+                f"Cust{rng.randrange(20)}",
+                rng.choice(["USD", "EUR"]),
+                f"2025-11-{rng.randrange(10, 14)}T00:00:00Z",
+                lines,
+            )
+        )
+    return orders
+
+
+@pytest.mark.parametrize("rebuilding", [False, True])
+def test_batched_boards_equal_one_update_per_order(
+    redis_url: str, r: redis.Redis, rebuilding: bool
+) -> None:
+    rng = random.Random(8)
+    orders = random_orders(rng, 300)
+    if rebuilding:
+        r.set(KEYS.leaderboard_rebuild, "token", px=60_000)
+    put_orders(r, orders, {})
+    sizes = [1, 7, 50, 200, 42]
+    results = commit_batches(redis_url, orders, sizes, {})
+    assert [x for res in results for x in res] == [1] * 300
+    expected = expected_boards(orders)
+    assert stored_boards(r) == expected
+    if rebuilding:
+        assert stored_boards(r, staging=True) == expected
+    else:
+        assert not r.keys(KEYS.leaderboard_prefix(staging=True) + "*")
+
+
+def test_same_customer_and_sku_in_one_batch_out_of_date_order(
+    redis_url: str, r: redis.Redis
+) -> None:
+    d1, d2 = "2025-11-12T00:00:00Z", "2025-11-10T00:00:00Z"
+    orders = [
+        # Latest first; the later, older order must neither rename nor move the first date up.
+        Order("B2", 5, "Newest", "USD", d1, [Line("S", "Widget", 1, 100), Line("S", "", 2, 100)]),
+        Order("A1", 5, "Oldest", "USD", d2, [Line("S", "Old", 3, 10)]),
+        # Same date, smaller id: not the latest either; then an unnamed line on the latest key.
+        Order("A9", 5, "Middle", "USD", d1, [Line("S", "Mid", 1, 1)]),
+        Order("C3", 5, "Latest", "USD", d1, [Line("S", "", 1, 1)]),
+    ]
+    put_orders(r, orders, {})
+    assert commit_batches(redis_url, orders, [4], {}) == [[1, 1, 1, 1]]
+    assert stored_boards(r) == expected_boards(orders)
+    info = r.hgetall(KEYS.leaderboard("USD", "customer_info"))
+    assert (info["5:name"], info["5:first"], info["5:n"]) == ("Latest", d2, "4")
+    pinfo = r.hgetall(KEYS.leaderboard("USD", "product_info"))
+    assert (pinfo["S:name"], pinfo["S:k"], pinfo["S:r"], pinfo["S:n"]) == (
+        "Widget",
+        f"{d1}|B2",
+        str(300 + 30 + 1 + 1),
+        "4",
+    )
+    assert r.zscore(KEYS.leaderboard("USD", "products"), "S") == 3 + 3 + 1 + 1
+
+
+def test_an_order_that_fails_to_decode_stays_and_the_ones_before_count(
+    redis_url: str, r: redis.Redis
+) -> None:
+    orders = random_orders(random.Random(3), 6)
+    # The fifth order's stored payload is not an order: the script fails there.
+    bad = orders[4].order_id
+    payloads = {bad: b'["' + bad.encode() + b'", 1, "x", "USD"'}
+    put_orders(r, orders, payloads)
+    first, second = commit_batches(redis_url, orders, [6, -6], payloads)
+    assert isinstance(first, ResponseError)
+    # The four before it are applied, acked and on the boards; the rest were not touched.
+    assert [r.hget(KEYS.order(o.order_id), "s") for o in orders] == ["completed"] * 4 + ["paid"] * 2
+    assert stored_boards(r) == expected_boards(orders[:4])
+    assert r.hget(KEYS.state_counts, "completed") == "4"
+    # The retry: the four are stale, the bad one fails again, the last is still not reached.
+    assert isinstance(second, ResponseError)
+    assert stored_boards(r) == expected_boards(orders[:4])
+    pending = r.xpending(KEYS.stream("finalize"), KEYS.group("finalize"))
+    assert pending["pending"] == 2
+
+
+def test_an_equal_latest_key_keeps_the_name_added_first(redis_url: str, r: redis.Redis) -> None:
+    # Two completions carrying the same (order_date, order_id), as a merge row and a live
+    # completion of one order can: the first one's names stay, as with one update per order.
+    date = "2025-11-12T00:00:00Z"
+    same = [
+        Order("T", 6, "First", "EUR", date, [Line("S", "One", 1, 5)]),
+        Order("T", 6, "Second", "EUR", date, [Line("S", "Two", 1, 5)]),
+    ]
+    orders = [Order(f"T{i}", 6, "x", "EUR", date, []) for i in (1, 2)]
+    payloads = {f"T{i}": encode_order(o) for i, o in zip((1, 2), same, strict=True)}
+    put_orders(r, orders, payloads)
+    assert commit_batches(redis_url, orders, [2], payloads) == [[1, 1]]
+    assert stored_boards(r) == expected_boards(same)
+    assert r.hget(KEYS.leaderboard("EUR", "customer_info"), "6:name") == "First"
+    assert r.hget(KEYS.leaderboard("EUR", "product_info"), "S:name") == "One"
