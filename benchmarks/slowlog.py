@@ -42,8 +42,8 @@ ITEMS: dict[str, Items] = {
     "stock_reserve": lambda argv, numkeys, argc: int(argv[3 + numkeys + 2]),
     "stock_settle": lambda argv, numkeys, argc: int(argv[3 + numkeys + 1]),
     "gateway_charge": lambda argv, numkeys, argc: int(argv[3 + numkeys + 1]),
-    "notify_claim": lambda argv, numkeys, argc: numkeys - 4,
-    "notify_settle": lambda argv, numkeys, argc: (argc - 3 - numkeys - 2) // 4,
+    "notify_claim": lambda argv, numkeys, argc: numkeys - 3,
+    "notify_settle": lambda argv, numkeys, argc: (argc - 3 - numkeys - 3) // 5,
     "snapshot_register": lambda argv, numkeys, argc: argc - 3 - numkeys - 4,
 }
 

@@ -1,8 +1,10 @@
 """notify: one notification per terminal order, enabled type and enabled channel (SPEC §6).
 
-Stream entries create the records and make their first attempt; `run_due` (driven by a schedule
-loop beside the stage loop) makes every later one: retries after a failed send, resends asked for
-through the API, and attempts whose consumer died. A send never waits for a retry.
+Stream entries make each record's first attempt and create the record with its outcome;
+`run_due` (driven by a schedule loop beside the stage loop) makes every later one: retries after a
+failed send, resends asked for through the API, and retries whose consumer died. A first attempt
+whose consumer died is made again by the entry's redelivery (verdict "recover"). A send never
+waits for a retry.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from streamproc.notifications import (
     SENT,
     LogChannel,
     Notification,
-    encode_record,
     new_record,
     notification_type,
     split_id,
@@ -38,12 +39,17 @@ DAY_MS = 86_400_000
 
 @dataclass(slots=True)
 class Attempt:
-    """One record to send now: fresh (created by this claim, already counted) or resumed."""
+    """One record to send now. `first`: its first attempt (the record does not exist yet, and is
+    created by the settlement; already counted); else an existing record, resumed.
+    `written_from`: the log offset to look for its line from first (a log record whose earlier
+    attempt died: written, maybe), or -1."""
 
     record: Notification
     order: Order | None
     recipient: str
-    fresh: bool
+    first: bool
+    written_from: int = -1
+    msg_id: bytes = b""
 
 
 class NotifyHandler:
@@ -75,7 +81,9 @@ class NotifyHandler:
         """Create each message's records (per the customer's preferences) and send them.
 
         A record another consumer is attempting leaves its message undecided: the entry stays
-        pending and is looked at again once that attempt has settled or its lease ran out.
+        pending and is looked at again once that attempt has settled or its lease ran out. So does
+        a first attempt whose record this consumer could not create (its lease ran out and another
+        consumer took it): the entry is what brings that record back if the other one dies too.
         """
         orders = [m for m in batch if m.order is not None]
         stored = await load_preferences(
@@ -98,21 +106,31 @@ class NotifyHandler:
                         message.order_id,
                         message.state,
                         message.attempt,
-                        encode_record(record),
+                        record.log_offset,
                     )
                 )
                 wanted.append((message, record, order))
-        claims = await self.store.claim(self.owner, now_ms(), self.lease_ms, requests)
+        now = now_ms()
+        claims = await self.store.claim(self.owner, now, self.lease_ms, requests)
         busy: set[bytes] = set()
         attempts: list[Attempt] = []
         for (message, record, order), claim in zip(wanted, claims, strict=True):
             if claim.verdict == "busy":
                 busy.add(message.msg_id)
-            elif claim.verdict in ("new", "resume"):
-                current = record if claim.stored is None else claim.stored
-                recipient = _recipient(stored.get(order.customer_id), order)
-                attempts.append(Attempt(current, order, recipient, claim.verdict == "new"))
-        await self._attempt(attempts)
+                continue
+            recipient = _recipient(stored.get(order.customer_id), order)
+            if claim.verdict == "resume" and claim.stored is not None:
+                attempts.append(Attempt(claim.stored, order, recipient, first=False))
+            elif claim.verdict in ("new", "recover"):
+                record.created_ms = now
+                attempt = Attempt(record, order, recipient, first=True, msg_id=message.msg_id)
+                if claim.verdict == "recover":
+                    # The attempt that died is counted; this one too, unless its line is found.
+                    record.attempts = claim.dead_attempts + 1
+                    if record.channel == LOG:
+                        attempt.written_from = claim.dead_offset
+                attempts.append(attempt)
+        busy |= await self._attempt(attempts)
         return [Decision(m, "notified") for m in batch if m.msg_id not in busy]
 
     async def run_due(self, limit: int) -> int:
@@ -132,7 +150,7 @@ class NotifyHandler:
         for record in records:
             order = orders.get(record.order_reference)
             recipient = _recipient(stored.get(record.customer_id), order)
-            attempts.append(Attempt(record, order, recipient, fresh=False))
+            attempts.append(Attempt(record, order, recipient, first=False))
         await self._attempt(attempts)
         return len(ids)
 
@@ -142,22 +160,27 @@ class NotifyHandler:
             return 0
         return await self.store.expire(now_ms() - self.retention_days * DAY_MS)
 
-    async def _attempt(self, attempts: list[Attempt]) -> None:
-        """Send each record once more, then record the outcomes in one step."""
+    async def _attempt(self, attempts: list[Attempt]) -> set[bytes]:
+        """Send each record once more, then record the outcomes in one step. Returns the stream
+        entries of first attempts whose record this consumer could not create."""
         if not attempts:
-            return
+            return set()
         found: list[Attempt] = []  # written to the log before a crash, never marked sent
         begin: list[Attempt] = []
+        fresh: list[Attempt] = []  # first attempts, no line to look for
         for attempt in attempts:
             record = attempt.record
-            if attempt.fresh:
-                continue
+            written_from = attempt.written_from if attempt.first else record.log_offset
             if (
                 record.channel == LOG
-                and record.log_offset >= 0
-                and await asyncio.to_thread(self.log.already_written, record.id, record.log_offset)
+                and written_from >= 0
+                and await asyncio.to_thread(self.log.already_written, record.id, written_from)
             ):
+                if attempt.first:
+                    record.attempts -= 1  # the line is the dead attempt's: this one sends nothing
                 found.append(attempt)
+            elif attempt.first:
+                fresh.append(attempt)
             else:
                 begin.append(attempt)
         if begin:
@@ -171,16 +194,18 @@ class NotifyHandler:
                 self.owner, [Settlement("begin", a.record) for a in begin]
             )
             begin = [a for a, ok in zip(begin, applied, strict=True) if ok]
-        sending = [a for a in attempts if a.fresh] + begin
+        sending = fresh + begin
         now = now_ms()
         results = await self._send(sending, now)
         if self._die_after_send and sending:
             die_now()  # test hook: sent, not yet recorded
-        settlements = [Settlement("sent", _mark_sent(a.record, now)) for a in found]
+        settled = found + sending
+        settlements = [Settlement("sent", _mark_sent(a.record, now), first=a.first) for a in found]
         settlements += [
-            self._outcome(a.record, result, now) for a, result in zip(sending, results, strict=True)
+            self._outcome(a, result, now) for a, result in zip(sending, results, strict=True)
         ]
-        await self.store.settle(self.owner, settlements)
+        applied = await self.store.settle(self.owner, settlements)
+        return {a.msg_id for a, ok in zip(settled, applied, strict=True) if a.first and not ok}
 
     async def _send(self, attempts: list[Attempt], now: int) -> list[SendResult]:
         """Send through each channel at once; one result per attempt, in order."""
@@ -227,16 +252,17 @@ class NotifyHandler:
             results[index] = result
         return [results[i] for i in range(len(attempts))]
 
-    def _outcome(self, record: Notification, result: SendResult, now: int) -> Settlement:
+    def _outcome(self, attempt: Attempt, result: SendResult, now: int) -> Settlement:
         """Sent; pending again with a retry due after a growing delay; or failed for good."""
+        record, first = attempt.record, attempt.first
         if result.ok:
-            return Settlement("sent", _mark_sent(record, now))
+            return Settlement("sent", _mark_sent(record, now), first=first)
         record.error_message = result.error
         if not result.permanent and record.attempts < record.max_attempts:
             delay_ms = min(self.retry_max_ms, self.retry_base_ms * 2 ** (record.attempts - 1))
-            return Settlement("retry", record, now + delay_ms)
+            return Settlement("retry", record, now + delay_ms, first=first)
         record.status, record.log_offset = FAILED, -1
-        return Settlement("failed", record)
+        return Settlement("failed", record, first=first)
 
     async def _orders(self, order_ids: set[str]) -> dict[str, Order]:
         """The stored orders (payloads) of these ids, one pipelined round trip."""

@@ -82,7 +82,8 @@ class Keys:
 
     @property
     def notification_leases(self) -> str:
-        """Hash notification id → owner|expiry: who may send it right now."""
+        """Hash notification id → owner|expiry (|log offset|attempts for a first attempt, whose
+        record does not exist yet): who may send it right now."""
         return f"{self._pipe}:notifications:leases"
 
     # -- notifications (records, their indexes, retries, preferences) --------------------------

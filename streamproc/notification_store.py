@@ -7,7 +7,13 @@ Layout (key names in streamproc/keys.py, all in the pipeline's slot):
   filtered page merges at most 12 time-ordered sets from the cursor on;
 - a set per customer (id → the same score), for the customer filter;
 - the schedule: id → when a pending record is due (a retry, a resend, or a lease expiry);
-- leases: id → owner|expiry while a consumer attempts it.
+- leases: id → owner|expiry while a consumer attempts an existing record, and
+  owner|expiry|log offset|attempts while it makes a record's first attempt.
+
+A record is written once its first attempt is over (`settle`, op create), with that attempt's
+outcome: the claim of a first attempt writes only the lease. So a record is not visible (pages,
+lookups, stats) during the few ms its first attempt is in flight; if the consumer dies meanwhile,
+the stream entry (acked only after the settle) is delivered again and the claim says "recover".
 """
 
 from __future__ import annotations
@@ -47,30 +53,39 @@ RESEND_TRIES = 3
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
-    """Take record `record_id` for one attempt; `create` it when missing (b"" = never)."""
+    """Take record `record_id` for one attempt. `log_offset` (the log's size read before the
+    claim; -1 for email) makes a missing record a first attempt; None: a missing one is gone."""
 
     record_id: str
     order_id: str
     state: str = ""  # the state the message carries; "" skips the staleness check
     attempt: int = 1
-    create: bytes = b""
+    log_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """The verdict on one request, and the stored record when it is ours to resume."""
+    """The verdict on one request: the stored record when it is ours to resume; the log offset
+    and attempt count of the attempt that died when it is ours to recover."""
 
     verdict: str
     stored: Notification | None = None
+    dead_offset: int = -1
+    dead_attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """What one attempt did: op begin | sent | retry | failed, the record to store, due (retry)."""
+    """What one attempt did: op begin | sent | retry | failed, the record to store, due (retry).
+
+    `first`: the record's first attempt (claim verdict new or recover): the record is created
+    with this outcome, scored by `record.created_ms`.
+    """
 
     op: str
     record: Notification
     due_ms: int = 0
+    first: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,37 +152,49 @@ class NotificationStore:
     async def claim(
         self, owner: str, now_ms: int, lease_ms: int, requests: Sequence[ClaimRequest]
     ) -> list[Claim]:
-        """Lease each request's record for one attempt (creating new ones), in one script."""
+        """Lease each request's record for one attempt, in one script (nothing else is written:
+        a first attempt's record is created by its settlement)."""
         if not requests:
             return []
-        keys = [self._records, self._leases, self._schedule, self.keys.notification_clock]
-        args: list[Any] = [
-            owner,
-            now_ms,
-            lease_ms,
-            self.keys.notification_index_prefix,
-            self.keys.notification_customer_prefix,
-        ]
+        keys = [self._records, self._leases, self._schedule]
+        args: list[Any] = [owner, now_ms, lease_ms]
         for request in requests:
             keys.append(self.keys.order(request.order_id))
-            args += (request.record_id, request.state, request.attempt, request.create)
+            offset = "" if request.log_offset is None else request.log_offset
+            args += (request.record_id, request.state, request.attempt, offset)
         reply = await self.scripts.run("notify_claim", keys, args)
         claims = []
-        for request, verdict, raw in zip(requests, reply[0::2], reply[1::2], strict=True):
-            stored = decode_record(request.record_id, raw) if raw else None
-            claims.append(Claim(text(verdict), stored))
+        for request, raw_verdict, raw in zip(requests, reply[0::2], reply[1::2], strict=True):
+            verdict = text(raw_verdict)
+            if verdict == "resume":
+                claims.append(Claim(verdict, decode_record(request.record_id, raw)))
+            elif verdict == "recover":
+                offset, _, attempts = text(raw).partition("|")
+                claims.append(Claim(verdict, None, int(offset), int(attempts)))
+            else:
+                claims.append(Claim(verdict))
         return claims
 
     async def settle(self, owner: str, items: Sequence[Settlement]) -> list[bool]:
         """Record what each attempt did, for the records `owner` still leases; applied or not."""
         if not items:
             return []
-        args: list[Any] = [owner, self.keys.notification_index_prefix]
+        args: list[Any] = [
+            owner,
+            self.keys.notification_index_prefix,
+            self.keys.notification_customer_prefix,
+        ]
         for item in items:
-            args += (item.record.id, item.op, encode_record(item.record), item.due_ms)
-        reply = await self.scripts.run(
-            "notify_settle", [self._records, self._leases, self._schedule], args
-        )
+            op = "create" if item.first else item.op
+            args += (
+                item.record.id,
+                op,
+                encode_record(item.record),
+                item.due_ms,
+                item.record.created_ms if item.first else 0,
+            )
+        keys = [self._records, self._leases, self._schedule, self.keys.notification_clock]
+        reply = await self.scripts.run("notify_settle", keys, args)
         if self.metrics is not None:
             # sent (found written by an attempt that died before saying so, too), or failed
             # (retry later, or for good); "begin" only marks an attempt as started.

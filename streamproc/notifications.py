@@ -8,9 +8,10 @@ last (it may hold any character). The order id, type and channel are in the id; 
 derived text; the creation time is the record's score in its indexes. About 40 bytes instead of the
 ~520 of a JSON record, and the scripts read the status and customer without a decoder.
 
-Exactly once for the log channel: before writing, the record holds the log's size at that moment;
-if the process dies between the write and the "sent" mark, the next attempt finds the line by
-reading the log from that offset instead of writing it again.
+Exactly once for the log channel: before writing, the record (for a first attempt, whose record is
+only created once it is over: its lease) holds the log's size at that moment; if the process dies
+between the write and the "sent" mark, the next attempt finds the line by reading the log from that
+offset instead of writing it again.
 """
 
 from __future__ import annotations

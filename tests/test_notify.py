@@ -1,8 +1,9 @@
 """The notify stage's log channel is exactly-once across crashes (SPEC §3.2 INV-N, §6).
 
-A crash is simulated by leaving the notification record as the handler leaves it mid-way: created
-pending by the claim script with the log offset, leased by a consumer that is gone (its lease has
-run out), with or without its line appended, and never marked sent.
+A crash is simulated by leaving the notification as the handler leaves it mid-way through a first
+attempt: no record yet (the record is created once the attempt is settled), only the lease of a
+consumer that is gone (its lease has run out) holding the log's offset, with or without its line
+appended. The redelivered entry's claim says "recover" and looks for the line from that offset.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -25,7 +27,6 @@ from streamproc.notifications import (
     LogChannel,
     Notification,
     decode_record,
-    encode_record,
     new_record,
 )
 from streamproc.settings import Settings
@@ -77,21 +78,24 @@ def stored(r: redis.Redis, record_id: str) -> Notification:
     return decode_record(record_id, raw.encode())
 
 
-def leave_pending(
+def leave_in_flight(
     url: str, channel: LogChannel, order_id: str, written: bool, state: str = "completed"
 ) -> Notification:
-    """What a notify process that died before its "sent" mark leaves behind: the record created
-    and counted by the claim script, with the log's offset, leased by a consumer long gone."""
+    """What a notify process that died before its "sent" mark leaves behind: the first
+    attempt's lease, with the log's offset, held by a consumer long gone, and no record."""
     record = new_record(make_order(order_id), state, channel.name, max_attempts=5)
     record.attempts = 1
     record.log_offset = channel.size()
-    request = ClaimRequest(record.id, order_id, create=encode_record(record))
+    request = ClaimRequest(record.id, order_id, log_offset=record.log_offset)
+    record.created_ms = now_ms() - 60_000
 
     async def claim(store: NotificationStore) -> None:
-        (claimed,) = await store.claim(DEAD, now_ms() - 60_000, 1_000, [request])
+        (claimed,) = await store.claim(DEAD, record.created_ms, 1_000, [request])
         assert claimed.verdict == "new"
 
     with_store(url, claim)
+    with redis.Redis.from_url(url) as check:
+        assert not check.hexists(KEYS.notifications, record.id)  # not written before the settle
     if written:
         channel.send([record], now_ms())
     return record
@@ -102,7 +106,7 @@ def test_line_written_before_the_crash_is_not_written_again(
 ) -> None:
     channel = LogChannel(log_path)
     channel.send([new_record(make_order("older"), "failed", "log")], now_ms())  # before the offset
-    record = leave_pending(redis_url, channel, "1001", written=True)
+    record = leave_in_flight(redis_url, channel, "1001", written=True)
     # Another process appends after our line, before the retry.
     channel.send([new_record(make_order("later"), "completed", "log")], now_ms())
 
@@ -124,7 +128,7 @@ def test_line_not_written_before_the_crash_is_written_once(
     channel = LogChannel(log_path)
     # The other type: another record.
     channel.send([new_record(make_order("1002"), "failed", "log")], now_ms())
-    record = leave_pending(redis_url, channel, "1002", written=False)
+    record = leave_in_flight(redis_url, channel, "1002", written=False)
 
     notify(redis_url, log_path, [terminal("1002")])
     notify(redis_url, log_path, [terminal("1002")])  # a replayed message changes nothing
@@ -138,8 +142,8 @@ def test_mixed_batch_each_order_exactly_once(
     redis_url: str, r: redis.Redis, log_path: Path
 ) -> None:
     channel = LogChannel(log_path)
-    leave_pending(redis_url, channel, "m-written", written=True)
-    leave_pending(redis_url, channel, "m-lost", written=False)
+    leave_in_flight(redis_url, channel, "m-written", written=True)
+    leave_in_flight(redis_url, channel, "m-lost", written=False)
     batch = [terminal("m-written"), terminal("m-lost"), terminal("m-new", "rolled_back")]
 
     decisions = notify(redis_url, log_path, batch)
@@ -159,11 +163,11 @@ def test_mixed_batch_each_order_exactly_once(
 
 def test_already_sent_record_is_left_alone(redis_url: str, r: redis.Redis, log_path: Path) -> None:
     channel = LogChannel(log_path)
-    record = leave_pending(redis_url, channel, "s1", written=False)
+    record = leave_in_flight(redis_url, channel, "s1", written=False)
     record.status, record.sent_ms = "sent", 1_762_732_800_000  # 2025-11-10T00:00:00Z
 
     async def settle(store: NotificationStore) -> None:
-        assert await store.settle(DEAD, [Settlement("sent", record)]) == [True]
+        assert await store.settle(DEAD, [Settlement("sent", record, first=True)]) == [True]
 
     with_store(redis_url, settle)
 
@@ -223,3 +227,136 @@ def test_record_leased_by_another_live_consumer_is_left_pending(
     assert log_ids(log_path) == ["3004:success:log", record_id]
     assert stored(r, record_id).status == "sent"
     assert r.hexists(KEYS.notification_leases, record_id) is False
+
+
+def test_first_attempt_writes_only_its_lease_and_is_recovered_after_a_crash(
+    redis_url: str, r: redis.Redis, log_path: Path
+) -> None:
+    """A first attempt's claim writes the lease and nothing else; while the lease is live a second
+    consumer is refused (busy), and cannot create the record; once it expired, the next claim
+    recovers it with the dead attempt's offset and count, and the dead holder's late settlement is
+    refused, so the record is the recoverer's alone."""
+    record = new_record(make_order("r1"), "completed", "log", max_attempts=5)
+    record.attempts, record.log_offset = 1, 1234
+    request = ClaimRequest(record.id, "r1", log_offset=1234)
+    start = now_ms()
+
+    async def work(store: NotificationStore) -> None:
+        (first,) = await store.claim("a", start, 1_000, [request])
+        assert first.verdict == "new"
+        assert r.hgetall(KEYS.notifications) == {}
+        assert r.hget(KEYS.notification_leases, record.id) == f"a|{start + 1_000}|1234|1"
+        assert r.keys(KEYS.notification_index_prefix + "*") == []
+        assert r.keys(KEYS.notification_customer_prefix + "*") == []
+        assert r.zcard(KEYS.notification_schedule) == 0
+        assert r.get(KEYS.notification_clock) is None
+        # A live lease: the other consumer neither sends nor records anything.
+        (busy,) = await store.claim("b", start + 999, 1_000, [request])
+        assert busy.verdict == "busy"
+        record.created_ms = start
+        assert await store.settle("b", [Settlement("sent", record, first=True)]) == [False]
+        # Expired: taken over, with what the dead attempt left in its lease.
+        later = ClaimRequest(record.id, "r1", log_offset=5678)
+        (taken,) = await store.claim("b", start + 1_001, 1_000, [later])
+        assert (taken.verdict, taken.dead_offset, taken.dead_attempts) == ("recover", 1234, 1)
+        assert r.hget(KEYS.notification_leases, record.id) == f"b|{start + 2_001}|5678|2"
+        record.status, record.sent_ms = "sent", start + 5
+        assert await store.settle("a", [Settlement("sent", record, first=True)]) == [False]
+        assert r.hgetall(KEYS.notifications) == {}
+        record.attempts, record.log_offset = 2, -1
+        assert await store.settle("b", [Settlement("sent", record, first=True)]) == [True]
+        # Settled once: a second settlement or a replayed create changes nothing.
+        assert await store.settle("b", [Settlement("sent", record, first=True)]) == [False]
+        (done,) = await store.claim("c", start + 3_000, 1_000, [later])
+        assert done.verdict == "done"
+
+    with_store(redis_url, work)
+    after = stored(r, record.id)
+    assert (after.status, after.attempts, after.log_offset) == ("sent", 2, -1)
+    assert r.hlen(KEYS.notification_leases) == 0
+    (entry,) = r.zrange(KEYS.notification_index("success", "log", "sent"), 0, -1, withscores=True)
+    assert entry == (record.id, start * 1000)  # scored by the claim's time
+    assert_indexes_agree(r)
+
+
+def test_first_attempt_created_pending_or_failed_with_unique_scores(
+    redis_url: str, r: redis.Redis
+) -> None:
+    """Settled first attempts land in the index of their outcome and in their customer's set; a
+    pending one is due on the schedule; scores stay unique when created in the same ms."""
+    now = now_ms()
+    records = [
+        new_record(make_order(f"u{n}"), "completed", "email", max_attempts=3) for n in range(3)
+    ]
+
+    async def work(store: NotificationStore) -> list[bool]:
+        requests = [ClaimRequest(rec.id, rec.order_reference, log_offset=-1) for rec in records]
+        claims = await store.claim("a", now, 60_000, requests)
+        assert [c.verdict for c in claims] == ["new"] * 3
+        for rec in records:
+            rec.attempts, rec.created_ms = 1, now
+        records[0].status, records[0].sent_ms = "sent", now
+        records[1].error_message = "SMTP connection failed: Connection refused"
+        records[2].status, records[2].error_message = "failed", "SMTP 550: no such mailbox"
+        return await store.settle(
+            "a",
+            [
+                Settlement("sent", records[0], first=True),
+                Settlement("retry", records[1], now + 2_000, first=True),
+                Settlement("failed", records[2], first=True),
+            ],
+        )
+
+    assert with_store(redis_url, work) == [True, True, True]
+    assert_indexes_agree(r)
+    assert r.zscore(KEYS.notification_schedule, records[1].id) == now + 2_000
+    scores = [
+        r.zscore(KEYS.notification_customer(501), rec.id) for rec in records
+    ]  # one customer for all
+    assert scores == [now * 1000, now * 1000 + 1, now * 1000 + 2]
+    assert r.get(KEYS.notification_clock) == str(now * 1000 + 2)
+    assert r.hlen(KEYS.notification_leases) == 0
+
+
+def test_message_whose_first_attempt_was_taken_over_is_left_pending(
+    redis_url: str, r: redis.Redis, log_path: Path
+) -> None:
+    """A consumer that outlived its lease and lost it to another does not ack the entry: if the
+    other one dies too, the entry is still there to bring the record back."""
+    settings = Settings(redis_url=redis_url, notifications_log=log_path)
+    message = terminal("slow")
+
+    async def main() -> list[Decision]:
+        client = async_client(redis_url)
+        try:
+            handler = NotifyHandler(StageContext.build(settings, client))
+            claim = handler.store.claim
+
+            async def claim_then_lose(*args: Any) -> Any:
+                claims = await claim(*args)
+                # Another consumer takes the lease over while this one is sending.
+                r.hset(KEYS.notification_leases, "slow:success:log", "other|99999999999999|0|2")
+                return claims
+
+            handler.store.claim = claim_then_lose  # type: ignore[method-assign]
+            return await handler.handle([message])
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == []
+    assert r.hlen(KEYS.notifications) == 0  # the holder's to create
+    assert log_ids(log_path) == ["slow:success:log"]
+
+
+def test_retention_drops_leases_of_first_attempts_that_never_came_back(
+    redis_url: str, r: redis.Redis
+) -> None:
+    now = now_ms()
+    r.hset(KEYS.notification_leases, "old:success:log", f"gone|{now - 40 * 86_400_000}|0|1")
+    r.hset(KEYS.notification_leases, "live:success:log", f"busy|{now + 1_000}|0|1")
+    r.hset(KEYS.notification_leases, "recent:success:log", f"gone|{now - 1_000}|0|1")
+
+    dropped = with_store(redis_url, lambda store: store.expire(now - 30 * 86_400_000))
+
+    assert dropped == 0
+    assert set(r.hkeys(KEYS.notification_leases)) == {"live:success:log", "recent:success:log"}

@@ -1,8 +1,9 @@
 """The notification API over real HTTP (SPEC §6, §7): every filter and their combinations, paging,
 stats against counts of the stored records, resend, retention and the preferences endpoints.
 
-The records are made through the store's own scripts (claim, then settle), with creation times
-chosen by the test so the date filters have days to tell apart.
+The records are made through the store's own scripts (claim, then settle: a first attempt's record
+is created by its settlement), with creation times chosen by the test so the date filters have days
+to tell apart.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.models import Line, Order
 from streamproc.notification_store import ClaimRequest, NotificationStore, Settlement
-from streamproc.notifications import encode_record, new_record
+from streamproc.notifications import new_record
 from streamproc.settings import Settings
 from tests.api_support import LiveApi
 from tests.notify_support import KEYS, all_records, assert_indexes_agree, with_store
@@ -70,20 +71,20 @@ def make_records(url: str, old: int, today: int, seed: int = 606) -> list[Made]:
             state = rng.choice(STATES)
             for channel in rng.choice((("log",), ("email",), ("log", "email"))):
                 record = new_record(order, state, channel, max_attempts=3)
-                record.attempts = 1
-                create = ClaimRequest(record.id, order.order_id, create=encode_record(record))
-                (claim,) = await store.claim(OWNER, created, 60_000, [create])
+                record.attempts, record.created_ms = 1, created
+                first = ClaimRequest(record.id, order.order_id, log_offset=-1)
+                (claim,) = await store.claim(OWNER, created, 60_000, [first])
                 assert claim.verdict == "new"
                 outcome = rng.choice(("sent", "failed", "pending"))
                 if outcome == "sent":
                     record.status, record.sent_ms = "sent", created + 1_500
-                    settlement = Settlement("sent", record)
+                    settlement = Settlement("sent", record, first=True)
                 elif outcome == "failed":
                     record.status, record.error_message = "failed", "SMTP 550: no such mailbox"
-                    settlement = Settlement("failed", record)
+                    settlement = Settlement("failed", record, first=True)
                 else:
                     record.error_message = "SMTP connection failed: Connection refused"
-                    settlement = Settlement("retry", record, created + 60_000)
+                    settlement = Settlement("retry", record, created + 60_000, first=True)
                 assert await store.settle(OWNER, [settlement]) == [True]
                 made.append(
                     Made(record.id, record.notification_type, channel, outcome, customer, created)

@@ -1,6 +1,10 @@
 -- notify_expire.lua: drop notification records created before a cutoff, with every index entry,
 -- schedule entry and lease they have, so memory stays bounded (retention). At most ARGV[2]
--- records per call; the caller repeats until a call drops fewer.
+-- records per call; the caller repeats until a call drops fewer. A lease on a record that does not
+-- exist belongs to a first attempt in flight (notify_claim.lua), left alone; or, once it expired
+-- before the cutoff, to one that died and whose entry never came back (it was stale, or was
+-- dead-lettered): that one is dropped, by the call that drops fewer than ARGV[2] records (the
+-- caller's last). Leases are only the attempts in flight, so few.
 -- KEYS[1] records hash  KEYS[2] leases hash  KEYS[3] schedule zset  KEYS[4..] the index sets
 -- ARGV[1] cutoff score (records scored below it go)  ARGV[2] most records to drop
 -- ARGV[3] customer index key prefix
@@ -25,5 +29,15 @@ for k = 4, #KEYS do
     redis.call("ZREM", KEYS[k], id)
   end
   dropped = dropped + #ids
+end
+if dropped < budget then -- the caller's last call
+  local cutoff_ms = tonumber(ARGV[1]) / 1000
+  local leases = redis.call("HGETALL", KEYS[2])
+  for i = 1, #leases, 2 do
+    local _, until_ms = note_lease(leases[i + 1])
+    if until_ms < cutoff_ms and redis.call("HEXISTS", KEYS[1], leases[i]) == 0 then
+      redis.call("HDEL", KEYS[2], leases[i])
+    end
+  end
 end
 return dropped

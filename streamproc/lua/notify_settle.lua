@@ -1,5 +1,10 @@
 -- notify_settle.lua: record what an attempt did, for records the caller still leases. One step per
--- batch keeps a record, its index (status), its schedule entry and its lease in agreement:
+-- batch keeps a record, its index (status), its customer set, its schedule entry and its lease in
+-- agreement:
+--   create  a first attempt (notify_claim.lua said new or recover): store the record once, with
+--           its outcome (sent, failed, or pending with a retry due); add it to the index of that
+--           status and to its customer's set, scored by its creation; due on the schedule when
+--           pending; lease released. Refused when a record exists already.
 --   begin   store the record (attempts + 1, the log's offset) before a retried send
 --   sent    store it sent; pending -> sent index; off the schedule; lease released
 --   retry   store it (error, attempts) still pending; due again at the given time; lease released
@@ -7,33 +12,66 @@
 -- A record that is no longer pending, or whose lease another consumer took (this one was too
 -- slow and the record was attempted again), is left alone: that attempt's outcome stands.
 -- KEYS[1] records hash  KEYS[2] leases hash  KEYS[3] schedule zset
--- ARGV[1] owner  ARGV[2] index key prefix
--- then 4 per item: record id, op (begin | sent | retry | failed), the record to store, due (ms,
--- retry only)
+-- KEYS[4] score clock (last creation score handed out)
+-- ARGV[1] owner  ARGV[2] index key prefix  ARGV[3] customer index key prefix
+-- then 5 per item: record id, op (create | begin | sent | retry | failed), the record to store,
+-- due (ms; retry, and create of a pending record), created (ms; create only)
 -- Returns one integer per item: 1 applied, 0 left alone.
 -- include: notification
-local owner, ix_prefix = ARGV[1], ARGV[2]
-local n = (#ARGV - 2) / 4
+local owner, ix_prefix, customer_prefix = ARGV[1], ARGV[2], ARGV[3]
+local n = (#ARGV - 3) / 5
 local TO = { sent = "s", failed = "f" }
+local clock, clock_before = nil, nil
 local out = {}
 for i = 1, n do
-  local b = 2 + 4 * (i - 1)
-  local id, op, record, due = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local b = 3 + 5 * (i - 1)
+  local id, op, record, due, created = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
   local holder = note_lease(redis.call("HGET", KEYS[2], id))
-  local current = redis.call("HGET", KEYS[1], id)
-  if holder ~= owner or not current or note_status(current) ~= "p" then
+  if holder ~= owner then
     out[i] = 0
-  else
-    redis.call("HSET", KEYS[1], id, record)
-    if op == "retry" then
-      redis.call("ZADD", KEYS[3], due, id)
+  elseif op == "create" then
+    -- HSETNX: the record's absence is checked and the record written in one command. Another
+    -- of this owner's batches (one owner per process) may have created it meanwhile, and may
+    -- hold the lease again for a retry: then nothing here is touched.
+    if redis.call("HSETNX", KEYS[1], id, record) == 0 then
+      out[i] = 0
+    else
+      -- Creation scores: ms x 1000, above the last one handed out, so each is unique, scores
+      -- grow in the order records appear, and a page's cursor (a score) is exact.
+      if not clock then
+        clock = tonumber(redis.call("GET", KEYS[4]) or "0")
+        clock_before = clock
+      end
+      clock = math.max(tonumber(created) * 1000, clock + 1)
+      local score = string.format("%.0f", clock)
+      local status = note_status(record)
+      redis.call("ZADD", note_index(ix_prefix, id, status), score, id)
+      redis.call("ZADD", customer_prefix .. note_customer(record), score, id)
+      if status == "p" then
+        redis.call("ZADD", KEYS[3], due, id)
+      end
       redis.call("HDEL", KEYS[2], id)
-    elseif op ~= "begin" then
-      note_move(ix_prefix, id, "p", TO[op])
-      redis.call("ZREM", KEYS[3], id)
-      redis.call("HDEL", KEYS[2], id)
+      out[i] = 1
     end
-    out[i] = 1
+  else
+    local current = redis.call("HGET", KEYS[1], id)
+    if not current or note_status(current) ~= "p" then
+      out[i] = 0
+    else
+      redis.call("HSET", KEYS[1], id, record)
+      if op == "retry" then
+        redis.call("ZADD", KEYS[3], due, id)
+        redis.call("HDEL", KEYS[2], id)
+      elseif op ~= "begin" then
+        note_move(ix_prefix, id, "p", TO[op])
+        redis.call("ZREM", KEYS[3], id)
+        redis.call("HDEL", KEYS[2], id)
+      end
+      out[i] = 1
+    end
   end
+end
+if clock and clock ~= clock_before then
+  redis.call("SET", KEYS[4], string.format("%.0f", clock))
 end
 return out

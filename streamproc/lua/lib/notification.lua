@@ -27,11 +27,14 @@ local function note_move(prefix, id, from, to)
   end
 end
 
--- The lease's holder and expiry (ms) from `owner|expiry`, or nil.
+-- The lease's holder, expiry (ms), and for a first attempt (no record yet) the log offset read
+-- before it (-1: none, or email) and its attempt count, from `owner|expiry[|offset|attempts]`;
+-- nil, 0, -1, 0 without a lease. A lease on an existing record carries only `owner|expiry`: the
+-- record holds its offset and attempts.
 local function note_lease(value)
   if not value then
-    return nil, 0
+    return nil, 0, -1, 0
   end
-  local sep = string.find(value, "|", 1, true)
-  return string.sub(value, 1, sep - 1), tonumber(string.sub(value, sep + 1))
+  local holder, expiry, offset, attempts = string.match(value, "^(.-)|(%d+)|?(-?%d*)|?(%d*)$")
+  return holder, tonumber(expiry), tonumber(offset) or -1, tonumber(attempts) or 1
 end
