@@ -312,6 +312,7 @@ def _run_in(
         "gateway_latency_ms": latency_ms,
         "mode": f"rate {rate}/s in {round(interval_s * 1000)} ms chunks" if rate else "flood",
         "server_config": server_config or {},
+        "env": extra_env or {},
         "ingest_seconds": round(m.ingest_seconds, 3),
         "ingest_orders_per_s": round(orders / m.ingest_seconds, 1),
         "total_seconds": round(m.total_seconds, 3),
@@ -373,8 +374,16 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="CONFIG SET on the private server first (repeatable), e.g. to try AOF settings",
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a variable for the consumers (repeatable), e.g. STREAMPROC_BATCH_SIZE=500",
+    )
     args = parser.parse_args()
     config = dict(item.split("=", 1) for item in args.server_config)
+    extra_env = dict(item.split("=", 1) for item in args.env)
     result = {
         "benchmark": "pipeline",
         "machine": machine(),
@@ -384,6 +393,7 @@ def main() -> None:
             args.latency_ms,
             args.rate,
             args.chunk_ms,
+            extra_env=extra_env,
             server_config=config,
         ),
     }
