@@ -6,7 +6,8 @@ Each long-running process serves its own metrics, in the classic text format (0.
   scrape (streamproc.redis_collector). With several workers the values live in a shared
   PROMETHEUS_MULTIPROC_DIR, so one scrape covers every worker.
 The run loop updates counters once per batch (`inc(n)`) and observes one processing time per
-batch; only the end-to-end order latency is observed per order (about a microsecond each).
+batch; the end-to-end latencies of a batch's orders are added to their histogram together
+(`observe_many`: one update per bucket touched).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import errno
 import os
 import socket
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -223,14 +225,44 @@ class StageMetrics:
     def finished(self, orders: Iterable[tuple[str, int, Order | None]]) -> None:
         """Orders this batch moved to a terminal state: (state, ms since ingest, order)."""
         revenue: dict[str, int] = {}
-        latency = self._latency
+        elapsed: dict[str, list[float]] = {}
         for state, elapsed_ms, order in orders:
             if elapsed_ms >= 0:
-                latency[state].observe(elapsed_ms / 1000)
+                seconds = elapsed.get(state)
+                if seconds is None:
+                    seconds = elapsed[state] = []
+                seconds.append(elapsed_ms / 1000)
             if state == COMPLETED and order is not None:
                 revenue[order.currency] = revenue.get(order.currency, 0) + order.total_cents
+        for state, seconds in elapsed.items():
+            observe_many(self._latency[state], seconds)
         if revenue:
             self.metrics.completed_revenue(revenue)
+
+
+def observe_many(histogram: Any, amounts: list[float]) -> None:
+    """histogram.observe(a) for each amount, as one update per bucket touched and one of the sum.
+
+    A batch completes up to a few hundred orders, each an observation of the end-to-end latency:
+    observing them one by one (a lock and a scan of the bounds each) was a consumer's largest
+    metrics cost. This reads the labelled child's bounds and values, which prometheus_client keeps
+    in `_upper_bounds`, `_buckets` and `_sum`; should a version not, it observes one by one.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    counts: dict[int, int] = {}
+    for amount in amounts:
+        # observe() counts an amount in the first bucket whose bound is >= it (the last is +Inf).
+        i = bisect_left(bounds, amount)
+        counts[i] = counts.get(i, 0) + 1
+    total.inc(sum(amounts))
+    for i, count in counts.items():
+        buckets[i].inc(count)
 
 
 class ApiMetrics:

@@ -55,12 +55,16 @@ class Order(msgspec.Struct, array_like=True, frozen=True):
     @property
     def total_cents(self) -> int:
         """Sum of quantity * unit_price over the lines."""
-        return sum(line.amount_cents for line in self.lines)
+        # A list, not a generator of amount_cents: read up to four times per order and stage.
+        return sum([line.quantity * line.unit_price_cents for line in self.lines])
 
     def quantities(self) -> dict[str, int]:
         """Quantity per SKU, lines of the same SKU added up."""
+        lines = self.lines
+        if len(lines) == 1:  # most orders: nothing to add up
+            return {lines[0].sku: lines[0].quantity}
         totals: dict[str, int] = {}
-        for line in self.lines:
+        for line in lines:
             totals[line.sku] = totals.get(line.sku, 0) + line.quantity
         return totals
 
@@ -77,6 +81,11 @@ def encode_order(order: Order) -> bytes:
 def order_encoder() -> Callable[[Order], bytes]:
     """encode_order without the wrapper's call, for loops that encode every order of a file."""
     return _encoder.encode
+
+
+def order_decoder() -> Callable[[bytes | str], Order]:
+    """decode_order without the wrapper's call, for the consumers' once-per-message decoding."""
+    return _decoder.decode
 
 
 def decode_order(data: bytes | str) -> Order:

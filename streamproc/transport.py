@@ -20,11 +20,20 @@ from streamproc.clock import now_ms, utc_day
 from streamproc.errors import ServerError
 from streamproc.keys import STAGES, Keys
 from streamproc.lua import AsyncScripts
-from streamproc.models import COMPLETED, TERMINAL_STATES, Order, decode_order, encode_order
+from streamproc.models import (
+    COMPLETED,
+    TERMINAL_STATES,
+    Order,
+    decode_order,
+    encode_order,
+    order_decoder,
+)
 from streamproc.replies import id_key, text
 from streamproc.workflow import TRANSITIONS, outputs_of
 
 log = logging.getLogger("streamproc.transport")
+
+_decode_order = order_decoder()
 
 
 @dataclass(slots=True)
@@ -85,12 +94,16 @@ def parse_entry(msg_id: bytes, fields: dict[bytes, bytes] | list[bytes]) -> Mess
     raises (a bad entry carries `error`)."""
     if isinstance(fields, list):
         if len(fields) == 8 and fields[0] == b"o" and fields[2] == b"a" and fields[4] == b"s":
-            # The layout every script writes: o, a, s, d.
+            # The layout every script writes: o, a, s, d. Once per message and stage, so the
+            # decoder is called without decode_order's wrapper.
             try:
-                order = decode_order(fields[7])
-                attempt = int(fields[3])
+                order = _decode_order(fields[7])
                 return Message(
-                    msg_id, fields[1].decode() or order.order_id, attempt, fields[5].decode(), order
+                    msg_id,
+                    fields[1].decode() or order.order_id,
+                    int(fields[3]),
+                    fields[5].decode(),
+                    order,
                 )
             except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
                 pass  # the slow path below says what is wrong
@@ -183,25 +196,53 @@ class StageStream:
     async def _read_group(
         self, start: str | bytes, count: int, block_ms: int | None
     ) -> list[Message]:
-        entries = await self._read_entries(start, count, block_ms)
+        reply = await self._xreadgroup(start, count, block_ms)
+        if not reply:
+            return []
+        if reply.__class__ is dict:  # RESP3: {stream: [entries]}
+            reply = list(reply.items())
         # An entry without fields was trimmed while pending: nothing left to handle.
-        return [parse_entry(msg_id, fields) for msg_id, fields in entries if fields]
+        return [
+            parse_entry(msg_id, fields)
+            for _stream, entries in reply
+            for msg_id, fields in entries
+            if fields
+        ]
 
     async def _read_entries(
         self, start: str | bytes, count: int, block_ms: int | None
     ) -> list[tuple[bytes, Any]]:
+        reply = await self._xreadgroup(start, count, block_ms)
+        if not reply:
+            return []
+        if reply.__class__ is dict:  # RESP3: {stream: [entries]}
+            reply = list(reply.items())
+        return [(msg_id, fields) for _stream, entries in reply for msg_id, fields in entries]
+
+    async def _xreadgroup(self, start: str | bytes, count: int, block_ms: int | None) -> Any:
+        """XREADGROUP of this consumer on this stream, its reply as the server sent it.
+
+        Sent as a plain command, not through redis-py's xreadgroup(), which re-checks its
+        arguments and wraps every call in a coroutine of its own (stream lag for OpenTelemetry,
+        which streamproc does not use): this is every stage's most frequent command.
+        """
+        block = () if block_ms is None else ("BLOCK", block_ms)
         try:
-            reply: Any = await self.client.xreadgroup(
-                self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
+            return await self.client.execute_command(  # type: ignore[no-untyped-call]
+                "XREADGROUP",
+                "GROUP",
+                self.group,
+                self.consumer,
+                "COUNT",
+                count,
+                *block,
+                "STREAMS",
+                self.stream,
+                start,
             )
         except ResponseError as exc:
             _raise_if_lost(exc, self.stream)
             raise
-        if not reply:
-            return []
-        if isinstance(reply, dict):  # RESP3: {stream: [entries]}
-            reply = list(reply.items())
-        return [(msg_id, fields) for _stream, entries in reply for msg_id, fields in entries]
 
     async def delivery_counts(self, messages: Sequence[Message]) -> None:
         """Set each message's server-side delivery counter (XPENDING; reads do not carry it)."""

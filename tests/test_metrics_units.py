@@ -8,12 +8,19 @@ import time
 
 import pytest
 import redis
+from prometheus_client import generate_latest
 
 from streamproc.clock import now_ms
 from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.lua import AsyncScripts
-from streamproc.metrics import ApiMetrics, ConsumerMetrics, stage_outcomes
+from streamproc.metrics import (
+    ORDER_LATENCY_BUCKETS_S,
+    ApiMetrics,
+    ConsumerMetrics,
+    observe_many,
+    stage_outcomes,
+)
 from streamproc.models import Line, Order, encode_order
 from streamproc.settings import Settings
 from streamproc.transport import Decision, StageStream, ensure_groups
@@ -67,6 +74,23 @@ def test_consumer_series_exist_from_the_start_and_count_per_batch() -> None:
     assert value(samples, "streamproc_completed_revenue_total", currency="EUR") == 50.0
     assert value(samples, "streamproc_stage_in_flight", stage="finalize") == 7
     promtool_check(_render(metrics))
+
+
+def test_observe_many_counts_as_observing_one_by_one() -> None:
+    # Amounts on, just under and just over bounds, past the last finite one, and zero.
+    amounts = [0.0, 0.005, 0.0051, 0.3, 1.0, 1.0, 599.9, 600.0, 600.1, 5000.0]
+    amounts += ORDER_LATENCY_BUCKETS_S
+    one_by_one, batched = ConsumerMetrics(), ConsumerMetrics()
+    for amount in amounts:
+        one_by_one.order_latency.labels("completed").observe(amount)
+    observe_many(batched.order_latency.labels("completed"), amounts)
+    observe_many(batched.order_latency.labels("completed"), [])
+    expected = parse(generate_latest(one_by_one.registry).decode())
+    got = parse(generate_latest(batched.registry).decode())
+    latency = {k: v for k, v in expected.items() if k[0].startswith("streamproc_order_latency")}
+    assert latency  # the series compared below exist
+    for key, number in latency.items():
+        assert got[key] == pytest.approx(number), key
 
 
 def test_api_metrics_keep_labels_bounded() -> None:
