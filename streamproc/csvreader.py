@@ -204,7 +204,10 @@ def _finish(
     if failure:
         return [RejectedRow(line, row, reason or failure) for line, row, _, reason in group]
     first = valid[0]
+    shared = (first[0], first[2], first[3])
     for (line, _, _, _), fields in zip(group, valid, strict=True):
+        if (fields[0], fields[2], fields[3]) == shared:
+            continue  # the usual case: one check for all three
         for name, index in _SHARED_FIELDS:
             if fields[index] != first[index]:
                 failure = (
@@ -241,7 +244,6 @@ def _row_parser(
     # A whole line (SKU, product, quantity, price) is one lookup, and equal lines share one
     # immutable Line; a miss falls back to the per-cell caches.
     lines: dict[tuple[str, str, str, str], Line] = {}
-    customer_ids: dict[str, int] = {}
     skus: dict[str, str] = {}
     quantities: dict[str, int] = {}
     prices: dict[str, int] = {}
@@ -267,8 +269,11 @@ def _row_parser(
         if not id_ok(order_id):
             raise _Reject(_reason("order_id", order_id, _ID_RULE))
         raw = row[i_customer]
-        if (customer_id := customer_ids.get(raw)) is None:
-            customer_id = _remember(customer_ids, raw, _customer_id(raw.strip()))
+        # Checked in place, not cached: files have more customers than a cache holds. Up to 15
+        # ASCII digits is always below MAX_CUSTOMER_ID; anything else (0, spaces, 16+ digits, a
+        # bad value) takes the full check.
+        if not (raw.isdigit() and len(raw) < 16 and raw.isascii() and (customer_id := int(raw))):
+            customer_id = _customer_id(raw.strip())
         name = row[i_name].strip()
         if not name or len(name) > 200:
             raise _Reject(_reason("customer_name", name, _TEXT_RULE))

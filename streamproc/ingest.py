@@ -201,8 +201,9 @@ class _Pipeline:
             len(order_keys),
             self._id_at,
             rejected,
+            sum(row_counts),
+            ",".join(map(str, row_counts)),
             *payloads,
-            *row_counts,
         )
         # hiredis packs in C; its stub types the argument as a 1-tuple.
         packed = hiredis.pack_command(command)  # type: ignore[arg-type]

@@ -442,6 +442,40 @@ def test_non_adjacent_repeat_in_one_file_is_one_duplicate(
     assert stored_order(r, "R1").customer_name == "John Doe"
 
 
+def test_repeat_within_one_batch_and_the_rows_per_outcome(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis
+) -> None:
+    """A repeat inside one batch is a duplicate too (the order the same batch created is
+    seen), and the ingest rows hash counts each order's CSV rows under its outcome, which the
+    script works out from one argument per batch, on a first import and on a re-import."""
+    rows = [
+        good("M1"),
+        good("M1", product_sku="SKU-OTHER"),
+        good("M2"),
+        good("M1", customer_name="Someone Else"),
+        good("BAD", quantity="0"),
+        *[good("M3")] * 3,
+    ]
+    path = write(tmp_path / "repeat.csv", rows)
+
+    done, summary = ingest(path, sp_env)
+
+    assert done.returncode == 1, done.stderr  # a row was rejected
+    assert (summary["rows"], summary["imported"], summary["duplicates"]) == (8, 3, 1)
+    assert summary["rejected"] == 1
+    assert stream_ids(r) == ["M1", "M2", "M3"]
+    assert stored_order(r, "M1").customer_name == "John Doe"
+    assert len(stored_order(r, "M1").lines) == 2
+    assert r.hgetall(KEYS.ingest_rows) == {"imported": "6", "duplicate": "1", "rejected": "1"}
+
+    again, summary = ingest(path, sp_env)
+
+    assert again.returncode == 1, again.stderr
+    assert (summary["imported"], summary["duplicates"], summary["rejected"]) == (0, 4, 1)
+    assert r.hgetall(KEYS.ingest_rows) == {"imported": "6", "duplicate": "8", "rejected": "2"}
+    assert r.xlen(KEYS.stream("reserve")) == 3
+
+
 # -- multi-line orders -------------------------------------------------------------------------
 
 
@@ -667,6 +701,15 @@ def first_lines(path: Path) -> dict[str, int]:
     return lines
 
 
+def rows_per_order(path: Path) -> dict[str, int]:
+    """The CSV rows of each order (ids in order of first appearance)."""
+    rows: dict[str, int] = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        for row in list(csv.reader(handle))[1:]:
+            rows[row[0]] = rows.get(row[0], 0) + 1
+    return rows
+
+
 def stop_markers(r: redis.Redis) -> list[str]:
     return list(r.scan_iter(match="*stopped-ingest*", count=1000))
 
@@ -698,6 +741,10 @@ def test_server_error_mid_import_stops_there_and_a_rerun_imports_the_rest(
     today = time.strftime("%Y-%m-%d", time.gmtime())
     assert r.hget(KEYS.day(today), "orders") == str(k)
     assert stop_markers(r) == []
+    # The rows hash counts the rows of exactly the orders imported before the stop.
+    rows = rows_per_order(path)
+    imported_rows = sum(rows[i] for i in ids[:k])
+    assert r.hgetall(KEYS.ingest_rows) == {"imported": str(imported_rows)}
 
     r.delete(KEYS.order(victim))
     again, summary = ingest(path, sp_env, "--batch-size", "50")
@@ -707,6 +754,10 @@ def test_server_error_mid_import_stops_there_and_a_rerun_imports_the_rest(
     assert stream_ids(r) == ids
     assert r.hget(KEYS.state_counts, "pending") == str(total)
     assert r.hget(KEYS.day(today), "orders") == str(total)
+    assert r.hgetall(KEYS.ingest_rows) == {
+        "imported": str(sum(rows.values())),
+        "duplicate": str(imported_rows),
+    }
 
 
 def test_out_of_memory_mid_import_stops_at_a_batch_and_a_rerun_completes(

@@ -14,8 +14,10 @@
 -- ARGV[1]  now (ms)   ARGV[2]  force ("1" or "0")   ARGV[3] count n
 -- ARGV[4]  where the order id starts in an order hash's key (the key prefix's length + 1)
 -- ARGV[5]  rows rejected by the client since its previous batch
--- ARGV[5+i] encoded payload of the i-th order (its id is read off its key: one argument less)
--- ARGV[5+n+i] number of CSV rows of the i-th order
+-- ARGV[6]  CSV rows of the batch's n orders, all told
+-- ARGV[7]  CSV rows of each order, comma-separated ("1,3,1"): one argument for the batch, read
+--          only when some orders are not imported (a duplicate, a stop)
+-- ARGV[7+i] encoded payload of the i-th order (its id is read off its key: one argument less)
 -- Returns a string with one char per order: n = new, r = re-submitted, d = duplicate. A batch that
 -- stopped returns {those chars for the orders before the stop, the reason}.
 -- The client sends the next batches before this one answers; the stop marker keeps a batch sent
@@ -31,8 +33,7 @@ end
 local resubmittable = { failed = true, rolled_back = true, dead_lettered = true }
 local history = "pending@" .. now
 local out = {}
-local created, resubmitted = 0, 0
-local imported_rows, duplicate_rows = 0, 0
+local created, resubmitted, duplicates = 0, 0, 0
 local left = {} -- state -> orders re-submitted out of it
 local stop
 
@@ -51,7 +52,7 @@ for i = 1, n do
   if not state then
     -- The stream entry first: it is the write that can fail (out of memory, a stream key of
     -- another type), and it can be undone with XDEL should the hash write fail after it.
-    local payload = ARGV[5 + i]
+    local payload = ARGV[7 + i]
     local id = redis.pcall("XADD", KEYS[1], "*", "o", string.sub(key, id_at), "a", "1", "s",
       "pending", "d", payload)
     stop = err(id)
@@ -63,7 +64,6 @@ for i = 1, n do
       break
     end
     created = created + 1
-    imported_rows = imported_rows + tonumber(ARGV[5 + n + i])
     out[i] = "n"
   elseif force and resubmittable[state] then
     local cur = redis.call("HMGET", key, "a", "h", "d")
@@ -81,11 +81,27 @@ for i = 1, n do
     redis.call("HDEL", key, "p", "e")
     left[state] = (left[state] or 0) + 1
     resubmitted = resubmitted + 1
-    imported_rows = imported_rows + tonumber(ARGV[5 + n + i])
     out[i] = "r"
   else
-    duplicate_rows = duplicate_rows + tonumber(ARGV[5 + n + i])
+    duplicates = duplicates + 1
     out[i] = "d"
+  end
+end
+-- The rows per outcome: when every order was imported, the batch's total; else order by order.
+local imported_rows, duplicate_rows = 0, 0
+if duplicates == 0 and #out == n then
+  imported_rows = tonumber(ARGV[6])
+else
+  local i = 0
+  for rows in string.gmatch(ARGV[7], "%d+") do
+    i = i + 1
+    local outcome = out[i]
+    if not outcome then break end
+    if outcome == "d" then
+      duplicate_rows = duplicate_rows + tonumber(rows)
+    else
+      imported_rows = imported_rows + tonumber(rows)
+    end
   end
 end
 -- The counters once per batch rather than once per order: the same totals, in the same atomic
