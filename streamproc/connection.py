@@ -132,24 +132,39 @@ class _DirectSend:
             raise
 
 
-class _FastConnection(_HiredisPacking, _DirectSend, redis.asyncio.connection.Connection):
+class _PackedConnection(_HiredisPacking, redis.asyncio.connection.Connection):
     pass
 
 
-class _FastSSLConnection(_HiredisPacking, _DirectSend, redis.asyncio.connection.SSLConnection):
+class _PackedSSLConnection(_HiredisPacking, redis.asyncio.connection.SSLConnection):
     pass
 
 
-class _FastUnixConnection(
-    _HiredisPacking, _DirectSend, redis.asyncio.connection.UnixDomainSocketConnection
-):
+class _PackedUnixConnection(_HiredisPacking, redis.asyncio.connection.UnixDomainSocketConnection):
     pass
 
 
-_FAST_CLASSES: dict[type[Any], type[Any]] = {
-    redis.asyncio.connection.Connection: _FastConnection,
-    redis.asyncio.connection.SSLConnection: _FastSSLConnection,
-    redis.asyncio.connection.UnixDomainSocketConnection: _FastUnixConnection,
+class _DirectConnection(_DirectSend, _PackedConnection):
+    pass
+
+
+class _DirectSSLConnection(_DirectSend, _PackedSSLConnection):
+    pass
+
+
+class _DirectUnixConnection(_DirectSend, _PackedUnixConnection):
+    pass
+
+
+_PACKED_CLASSES: dict[type[Any], type[Any]] = {
+    redis.asyncio.connection.Connection: _PackedConnection,
+    redis.asyncio.connection.SSLConnection: _PackedSSLConnection,
+    redis.asyncio.connection.UnixDomainSocketConnection: _PackedUnixConnection,
+}
+_DIRECT_CLASSES: dict[type[Any], type[Any]] = {
+    redis.asyncio.connection.Connection: _DirectConnection,
+    redis.asyncio.connection.SSLConnection: _DirectSSLConnection,
+    redis.asyncio.connection.UnixDomainSocketConnection: _DirectUnixConnection,
 }
 
 
@@ -160,8 +175,14 @@ def async_client(
     socket_timeout_s: float | None = SOCKET_TIMEOUT_S,
     retries: int = RETRIES,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    direct_send: bool = False,
 ) -> redis.asyncio.Redis:
-    """An asyncio client (bytes replies) whose pool waits for a free connection, never fails."""
+    """An asyncio client (bytes replies) whose pool waits for a free connection, never fails.
+
+    `direct_send` writes commands without a task each (_DirectSend): for the consumers, whose
+    few large commands per batch it makes cheaper. The API leaves it off: with many concurrent
+    small requests redis-py's path, which yields once per send, served 10-20% more requests/s.
+    """
     # A plain pool raises "Too many connections" under a burst; the blocking pool queues instead.
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
@@ -177,7 +198,8 @@ def async_client(
         client_name=client_name,
     )
     if HIREDIS_AVAILABLE:
-        pool.connection_class = _FAST_CLASSES.get(pool.connection_class, pool.connection_class)
+        classes = _DIRECT_CLASSES if direct_send else _PACKED_CLASSES
+        pool.connection_class = classes.get(pool.connection_class, pool.connection_class)
     return redis.asyncio.Redis.from_pool(pool)
 
 

@@ -57,7 +57,7 @@ async def run_worker(
         host, port = metrics_address
         serve(metrics.registry, host, port)  # first: a taken port fails before any work
         log.info("metrics on http://%s:%d/metrics", host, port)
-    client = async_client(url, max_connections=32 + 8 * len(stages))
+    client = async_client(url, max_connections=32 + 8 * len(stages), direct_send=True)
     try:
         ctx = StageContext.build(settings, client, metrics)
         await ensure_groups(client, ctx.keys)
