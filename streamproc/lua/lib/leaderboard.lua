@@ -149,34 +149,24 @@ local function lb_scores(board, ids, from, to, sums, args)
   redis.call("ZADD", board, unpack(args, 1, m))
 end
 
-local function lb_flush_customers(prefix, cur, ids, count, sums, scratch)
-  local board, info = prefix .. cur .. ":customers", prefix .. cur .. ":customer_info"
+-- Writes one board and its info hash for a currency's ids, LB_CHUNK ids at a time: their new
+-- scores, then one HMGET of three info fields per id (`suffixes` and the latest key ":k") and
+-- one HSET of what `settle` decides to change (settle returns the new length of the HSET list).
+local function lb_flush_board(board, info, suffixes, ids, count, sums, scratch, settle)
   for from = 1, count, LB_CHUNK do
     local to = math.min(from + LB_CHUNK - 1, count)
     lb_scores(board, ids, from, to, sums, scratch[1])
     local fields, f = scratch[2], 0
     for i = from, to do
       local id = ids[i]
-      fields[f + 1], fields[f + 2], fields[f + 3] = id .. ":n", id .. ":first", id .. ":k"
+      fields[f + 1], fields[f + 2], fields[f + 3] = id .. suffixes[1], id .. suffixes[2], id .. ":k"
       f = f + 3
     end
     local have = redis.call("HMGET", info, unpack(fields, 1, f))
     local sets, m = scratch[3], 0
     for i = from, to do
-      local id, j = ids[i], (i - from) * 3
-      local s = sums[id]
-      m = lb_counter(info, sets, m, fields[j + 1], have[j + 1], s[2])
-      local first = have[j + 2]
-      if not first or s[3] < first then
-        sets[m + 1], sets[m + 2] = fields[j + 2], s[3]
-        m = m + 2
-      end
-      local last = have[j + 3]
-      if not last or s[4] > last then
-        sets[m + 1], sets[m + 2], sets[m + 3], sets[m + 4] = fields[j + 3], s[4], id .. ":name",
-          s[5]
-        m = m + 4
-      end
+      local id = ids[i]
+      m = settle(info, sets, m, fields, (i - from) * 3, have, id, sums[id])
     end
     if m > 0 then
       redis.call("HSET", info, unpack(sets, 1, m))
@@ -184,35 +174,31 @@ local function lb_flush_customers(prefix, cur, ids, count, sums, scratch)
   end
 end
 
-local function lb_flush_products(prefix, cur, ids, count, sums, scratch)
-  local board, info = prefix .. cur .. ":products", prefix .. cur .. ":product_info"
-  for from = 1, count, LB_CHUNK do
-    local to = math.min(from + LB_CHUNK - 1, count)
-    lb_scores(board, ids, from, to, sums, scratch[1])
-    local fields, f = scratch[2], 0
-    for i = from, to do
-      local id = ids[i]
-      fields[f + 1], fields[f + 2], fields[f + 3] = id .. ":r", id .. ":n", id .. ":k"
-      f = f + 3
-    end
-    local have = redis.call("HMGET", info, unpack(fields, 1, f))
-    local sets, m = scratch[3], 0
-    for i = from, to do
-      local id, j = ids[i], (i - from) * 3
-      local s = sums[id]
-      m = lb_counter(info, sets, m, fields[j + 1], have[j + 1], s[2])
-      m = lb_counter(info, sets, m, fields[j + 2], have[j + 2], s[3])
-      local last = have[j + 3]
-      if s[4] and (not last or s[4] > last) then
-        sets[m + 1], sets[m + 2], sets[m + 3], sets[m + 4] = fields[j + 3], s[4], id .. ":name",
-          s[5]
-        m = m + 4
-      end
-    end
-    if m > 0 then
-      redis.call("HSET", info, unpack(sets, 1, m))
-    end
+-- The latest key and its name, when `key` (nil: no name to give) is later than the stored one.
+local function lb_latest(sets, m, field, stored, key, id, name)
+  if key and (not stored or key > stored) then
+    sets[m + 1], sets[m + 2], sets[m + 3], sets[m + 4] = field, key, id .. ":name", name
+    return m + 4
   end
+  return m
+end
+
+-- A customer's sums {cents, orders, first date, latest key, name}: count, first date, latest.
+local function lb_settle_customer(info, sets, m, fields, j, have, id, s)
+  m = lb_counter(info, sets, m, fields[j + 1], have[j + 1], s[2])
+  local first = have[j + 2]
+  if not first or s[3] < first then
+    sets[m + 1], sets[m + 2] = fields[j + 2], s[3]
+    m = m + 2
+  end
+  return lb_latest(sets, m, fields[j + 3], have[j + 3], s[4], id, s[5])
+end
+
+-- A SKU's sums {units, cents, orders, latest named key, name}: revenue, count, latest.
+local function lb_settle_product(info, sets, m, fields, j, have, id, s)
+  m = lb_counter(info, sets, m, fields[j + 1], have[j + 1], s[2])
+  m = lb_counter(info, sets, m, fields[j + 2], have[j + 2], s[3])
+  return lb_latest(sets, m, fields[j + 3], have[j + 3], s[4], id, s[5])
 end
 
 -- Write a batch's sums to its boards (nothing when it is empty).
@@ -226,8 +212,11 @@ local function lb_flush(batch)
   local scratch = { {}, {}, {} }
   for _, cur in ipairs(curs) do
     local c = batch[4][cur]
-    lb_flush_customers(prefix, cur, c[1], c[5], c[2], scratch)
-    lb_flush_products(prefix, cur, c[3], c[6], c[4], scratch)
+    local board = prefix .. cur .. ":"
+    lb_flush_board(board .. "customers", board .. "customer_info", { ":n", ":first" }, c[1],
+      c[5], c[2], scratch, lb_settle_customer)
+    lb_flush_board(board .. "products", board .. "product_info", { ":r", ":n" }, c[3], c[6],
+      c[4], scratch, lb_settle_product)
   end
   redis.call("SADD", batch[2], unpack(curs))
 end
