@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,10 +180,19 @@ class _Measured:
 
 
 def _drive(
-    url: str, env: dict[str, str], procs: int, csv_path: Path, chunks: list[Path], interval_s: float
+    url: str,
+    env: dict[str, str],
+    procs: int,
+    csv_path: Path,
+    chunks: list[Path],
+    interval_s: float,
+    on_started: Callable[[list[int]], object] | None = None,
+    on_drained: Callable[[], object] | None = None,
 ) -> _Measured:
     """Start the consumers, feed the orders (one ingest, or chunks on a schedule), wait until
-    drained; the clock and the CPU counters start once the consumers are up."""
+    drained; the clock and the CPU counters start once the consumers are up. `on_started` gets
+    the consumers' PIDs then, before the clock starts, and `on_drained` runs before they are
+    stopped (profile_consumers attaches py-spy, and detaches it)."""
     client = redis.Redis.from_url(url)
     server_pid = int(client.info("server")["process_id"])
     cli = [sys.executable, "-m", "streamproc"]
@@ -192,6 +202,8 @@ def _drive(
     out = _Measured()
     try:
         time.sleep(1.5)  # let the consumers start before the clock does
+        if on_started:
+            on_started([p.pid for p in consumers])
         client.config_resetstat()
         cpu_server = _cpu_seconds(server_pid)
         cpu_rewrites = _cpu_seconds(server_pid, children=True)
@@ -219,6 +231,8 @@ def _drive(
         out.cpu_rewrites = _cpu_seconds(server_pid, children=True) - cpu_rewrites
         out.aof_rewrites = int(client.info("persistence")["aof_rewrites"]) - rewrites
         out.cpu_consumers = sum(_cpu_seconds(p.pid) for p in consumers) - cpu_consumers
+        if on_drained:
+            on_drained()
     finally:
         for proc in consumers:
             proc.terminate()

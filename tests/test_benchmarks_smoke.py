@@ -393,3 +393,50 @@ def test_scripts_benchmark_profiles_every_stage_and_script(tmp_path: Path) -> No
     }
     assert result["inner_commands_without_script"] == 0
     assert result["slowlog_overflows"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_profile_consumers_quick_run_profiles_the_stage_handlers(tmp_path: Path) -> None:
+    """`benchmarks/profile_consumers.py`: py-spy samples the consumers, the shares add up."""
+    out = tmp_path / "profile.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.profile_consumers",
+            "--orders",
+            "600",
+            "--procs",
+            "1",
+            "--rate",
+            "1000",  # enough samples of so short a run to find every area reliably
+            "--output",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    if done.returncode == 2 and "permission" in done.stderr:
+        pytest.skip(done.stderr.strip())  # py-spy may not ptrace here: nothing to profile
+    assert done.returncode == 0, done.stderr
+    saved = json.loads(out.read_text())
+    assert saved["benchmark"] == "profile_consumers"
+    assert saved["machine"]["cpus"]
+    result = saved["result"]
+    assert result["orders"] == 600
+    assert result["samples"] > 0
+    assert float(result["orders_per_s"]) > 0 and result["cpu_us_per_order"]["consumers"] > 0
+    assert result["sampled_us_per_order"] > 0
+    # Every busy sample has one innermost frame: the self shares by area cover them all.
+    assert sum(result["self_share_by_area"].values()) == pytest.approx(1, abs=0.01)
+    assert 0 < result["inclusive_share_by_area"]["stage handlers (consumers/)"] <= 1
+    assert any(f.startswith("consumers/") for f in result["stage_handler_inclusive_by_module"])
+    for key in ("top_self", "top_inclusive"):
+        rows = result[key]
+        assert 0 < len(rows) <= 25
+        assert all(0 < row["share"] <= 1 and row["samples"] > 0 for row in rows)
+    assert sum(row["share"] for row in result["top_self"]) <= 1.01
+    assert "stage handlers" in done.stdout  # the printed summary
