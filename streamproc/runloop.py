@@ -102,9 +102,9 @@ class RunLoop:
         self._fault = fault_point(stream.stage)
         self._poison = poison_order()
         self._tasks: set[asyncio.Task[None]] = set()
-        # Ids being handled here: the reclaimer must not hand an entry that is merely slow (idle
-        # longer than claim_idle_ms while in flight) to this same loop a second time.
-        self._in_flight_ids: set[bytes] = set()
+        # Ids being handled here, and since when (monotonic s): `_keep_forever` refreshes the
+        # idle time of the slow ones, and the reclaimer never hands one to this loop twice.
+        self._in_flight_ids: dict[bytes, float] = {}
         # Last error per entry left pending, so its dead letter can say why (bounded).
         self._last_errors: dict[bytes, str] = {}
         self._capacity = asyncio.Event()
@@ -115,6 +115,8 @@ class RunLoop:
         helpers = [asyncio.create_task(self._reclaim_forever(stop))]
         if self.trim_enabled:
             helpers.append(asyncio.create_task(self._trim_forever(stop)))
+        # Runs until the last batch is done, through the drain after a stop as well.
+        keeper = asyncio.create_task(self._keep_forever())
         try:
             await self._drain_own_pending()
             await self._read_forever(stop)
@@ -125,6 +127,8 @@ class RunLoop:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await self.wait_idle()
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
 
     async def wait_idle(self) -> None:
         """Wait for every in-flight batch to finish."""
@@ -185,6 +189,24 @@ class RunLoop:
                 self.metrics.reclaimed.inc(len(batch))
                 self._spawn(batch, redelivered=True)
 
+    async def _keep_forever(self) -> None:
+        """Every third of the claim time, refresh the idle time of the entries in flight here
+        for longer than that (a slow gateway, a big batch), so that a live consumer keeps its
+        work: a reclaim would count a delivery and could dead-letter an order being handled.
+        A stalled or dead process refreshes nothing, and its entries are reclaimed as before."""
+        period_s = max(0.05, self.claim_idle_ms / 3000)
+        period_ms = max(1, int(period_s * 1000))
+        while True:
+            await asyncio.sleep(period_s)
+            since = time.monotonic() - period_s
+            slow = [mid for mid, started in self._in_flight_ids.items() if started <= since]
+            for i in range(0, len(slow), 1000):
+                try:
+                    await self.stream.keep(slow[i : i + 1000], period_ms)
+                except (ServerError, *TRANSIENT) as exc:
+                    log.warning("%s: could not keep in-flight entries (%s)", self.stream.stage, exc)
+                    break
+
     async def _trim_forever(self, stop: asyncio.Event) -> None:
         # Consumers that own nothing and have not read for this long are gone (crashed or
         # replaced); forgetting them keeps XINFO CONSUMERS bounded.
@@ -211,7 +233,7 @@ class RunLoop:
         batch = [m for m in batch if m.msg_id not in self._in_flight_ids]
         if not batch:
             return
-        self._in_flight_ids.update(m.msg_id for m in batch)
+        self._in_flight_ids.update(dict.fromkeys((m.msg_id for m in batch), time.monotonic()))
         self.in_flight += len(batch)
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         task = asyncio.create_task(self._process_and_release(batch, redelivered))
@@ -232,7 +254,8 @@ class RunLoop:
             self.metrics.retries.inc(len(batch))
         finally:
             self.in_flight -= len(batch)
-            self._in_flight_ids.difference_update(m.msg_id for m in batch)
+            for message in batch:
+                self._in_flight_ids.pop(message.msg_id, None)
             self._capacity.set()
 
     async def _process_redelivered(self, batch: list[Message]) -> None:

@@ -333,7 +333,8 @@ class StageStream:
     async def claim_idle(
         self, min_idle_ms: int, count: int, start: bytes = b"0-0"
     ) -> tuple[bytes, list[Message]]:
-        """Take over entries other consumers left idle; returns (next cursor, messages)."""
+        """Take over entries left idle (by other consumers, or by this one before a restart);
+        returns (next cursor, messages)."""
         try:
             reply = await self.client.xautoclaim(
                 self.stream, self.group, self.consumer, min_idle_ms, start_id=start, count=count
@@ -352,6 +353,22 @@ class StageStream:
                 b", ".join(deleted[:10]).decode(),
             )
         return cursor, [parse_entry(mid, f) for mid, f in entries if f is not None]
+
+    async def keep(self, ids: Sequence[bytes], min_idle_ms: int) -> int:
+        """Reset the idle time of entries this consumer is still working on, so no reclaimer
+        takes an entry that is slow rather than abandoned; how many were kept.
+
+        XCLAIM JUSTID counts no delivery. Only entries idle for min_idle_ms are touched: one a
+        peer has just reclaimed (a stalled consumer's) has been idle for less and is left to it.
+        """
+        try:
+            kept = await self.client.xclaim(
+                self.stream, self.group, self.consumer, min_idle_ms, list(ids), justid=True
+            )
+        except ResponseError as exc:
+            _raise_if_lost(exc, self.stream)
+            raise
+        return len(kept)
 
     async def commit(self, decisions: Sequence[Decision]) -> Committed:
         """Apply transitions, enqueue next stages and ack, in one atomic script call."""

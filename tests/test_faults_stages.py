@@ -277,6 +277,36 @@ def history_ms(order: dict[str, Any], state: str) -> float:
     raise AssertionError(f"{order['order_id']} never was {state}: {order['history']}")
 
 
+def test_a_batch_slower_than_the_claim_time_keeps_its_entries(
+    consumers: Fleet, tmp_path: Path
+) -> None:
+    """Payment batches take five claim times (a slow gateway), and one delivery is all an entry
+    may use: a live consumer keeps refreshing its entries' idle time, so no reclaimer takes them
+    (which would count a second delivery and dead-letter orders that are being paid)."""
+    ids = [f"S-{n:03d}" for n in range(30)]
+    env = consumers.env = dict(
+        consumers.env,
+        STREAMPROC_PAYMENT_SUCCESS_RATE="1.0",
+        STREAMPROC_PAYMENT_LATENCY_MS=str(5 * CLAIM_IDLE_MS),
+        STREAMPROC_MAX_DELIVERIES="1",
+    )
+    cli(["stock", "set", "SKU-S", "1000"], env)
+    orders_csv = write_orders(
+        tmp_path / "slow.csv", [one_line(order_id, "SKU-S", 1) for order_id in ids]
+    )
+    cli(["ingest", str(orders_csv)], env)
+    consumers.spawn("all", "slow-a")
+    consumers.spawn("all", "slow-b")
+    consumers.drain(60)
+
+    orders = export(env)
+    assert sorted(orders) == ids
+    for order_id, order in orders.items():
+        assert state_path(order) == ["pending", "reserved", "paid", "completed"], order_id
+        assert order["charges"] == 1, order_id
+    assert dead_letters(env) == []
+
+
 def test_poison_order_is_dead_lettered_after_max_deliveries_and_retried(
     consumers: Fleet, r: redis.Redis, tmp_path: Path
 ) -> None:
