@@ -10,7 +10,7 @@ from streamproc.keys import STAGES, Keys
 def families(keys: Keys) -> list[tuple[str, str]]:
     """(family, key-name prefix) pairs, most specific prefix first."""
     ledger_slot = keys.gateway_ledger.rsplit(":", 1)[0] + ":"
-    stock_slot = keys.reservations.rsplit(":", 1)[0] + ":"
+    stock_slot = keys.stock("")  # every key of the stock slot starts so
     pairs = [
         ("order hashes", keys.order_prefix),
         ("notification records", keys.notifications),

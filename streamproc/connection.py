@@ -144,27 +144,15 @@ class _PackedUnixConnection(_HiredisPacking, redis.asyncio.connection.UnixDomain
     pass
 
 
-class _DirectConnection(_DirectSend, _PackedConnection):
-    pass
-
-
-class _DirectSSLConnection(_DirectSend, _PackedSSLConnection):
-    pass
-
-
-class _DirectUnixConnection(_DirectSend, _PackedUnixConnection):
-    pass
-
-
 _PACKED_CLASSES: dict[type[Any], type[Any]] = {
     redis.asyncio.connection.Connection: _PackedConnection,
     redis.asyncio.connection.SSLConnection: _PackedSSLConnection,
     redis.asyncio.connection.UnixDomainSocketConnection: _PackedUnixConnection,
 }
+# The same, sending with _DirectSend.
 _DIRECT_CLASSES: dict[type[Any], type[Any]] = {
-    redis.asyncio.connection.Connection: _DirectConnection,
-    redis.asyncio.connection.SSLConnection: _DirectSSLConnection,
-    redis.asyncio.connection.UnixDomainSocketConnection: _DirectUnixConnection,
+    base: type(packed.__name__.replace("Packed", "Direct"), (_DirectSend, packed), {})
+    for base, packed in _PACKED_CLASSES.items()
 }
 
 

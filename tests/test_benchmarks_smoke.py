@@ -21,6 +21,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MISSING_LOAD_TOOLS = missing_tools()
 
 
+def _benchmark(
+    module: str, *options: str, timeout_s: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m benchmarks.<module> OPTIONS` from the repository, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *options],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
 def test_generator_is_seeded_and_well_formed() -> None:
     """Same seed, same file; every row has the header's columns."""
     first, second = io.StringIO(), io.StringIO()
@@ -75,14 +90,7 @@ def test_pipeline_benchmark_at_a_fixed_rate_measures_latency_and_cpu() -> None:
 def test_api_benchmark_quick_run_measures_both_endpoints(tmp_path: Path) -> None:
     """`benchmarks/api.py --quick`: every phase answered 2xx, with positive, ordered figures."""
     out = tmp_path / "api.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.api", "--quick", "--output", str(out)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=220,
-        check=False,
-    )
+    done = _benchmark("api", "--quick", "--output", str(out), timeout_s=220)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "targets (warning level)" in done.stdout
     result = json.loads(out.read_text())
@@ -111,15 +119,7 @@ def test_api_benchmark_quick_run_measures_both_endpoints(tmp_path: Path) -> None
 def test_api_benchmark_without_load_tools_exits_2_with_an_install_hint() -> None:
     """No wrk/hey on PATH: exit 2 and say how to install them, before starting anything."""
     env = {**os.environ, "PATH": "/nonexistent"}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.api", "--quick"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _benchmark("api", "--quick", timeout_s=60, env=env)
     assert done.returncode == 2
     assert "apt-get install wrk hey" in done.stderr
 
@@ -140,14 +140,7 @@ def test_generator_rows_mode_writes_exactly_that_many_rows() -> None:
 def test_ingest_benchmark_quick_run_checks_the_stream(tmp_path: Path) -> None:
     """`benchmarks/ingest.py --quick`: positive rows/s and RSS, XLEN == imported == generated."""
     out = tmp_path / "ingest.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.ingest", "--quick", "--output", str(out)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
+    done = _benchmark("ingest", "--quick", "--output", str(out), timeout_s=100)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "peak RSS MiB" in done.stdout
     [size] = json.loads(out.read_text())["results"]
@@ -172,14 +165,7 @@ def test_compare_celery_quick_run_keeps_the_invariants_on_both_sides(tmp_path: P
     """`compare_celery.py --quick` with scarce stock: every path taken, every invariant holds."""
     out = tmp_path / "compare.json"
     options = ["--quick", "--skus", "20", "--stock", "15", "--output", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.compare_celery", *options],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=220,
-        check=False,
-    )
+    done = _benchmark("compare_celery", *options, timeout_s=220)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     for system in ("streamproc", "celery"):
@@ -215,14 +201,7 @@ def test_compare_celery_without_celery_exits_2_with_the_install_hint() -> None:
 def test_analytics_benchmark_quick_run_reports_every_figure(tmp_path: Path) -> None:
     """`benchmarks/analytics.py --quick`: every figure present and positive, every check true."""
     out = tmp_path / "analytics.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.analytics", "--quick", "--output", str(out)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=80,
-        check=False,
-    )
+    done = _benchmark("analytics", "--quick", "--output", str(out), timeout_s=80)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "targets" in done.stdout
     result = json.loads(out.read_text())
@@ -343,14 +322,7 @@ def test_scripts_benchmark_profiles_every_stage_and_script(tmp_path: Path) -> No
     script call is named and timed, and the commands inside scripts are counted per order."""
     out = tmp_path / "scripts.json"
     options = ["--orders", "300", "--no-reference", "--output", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scripts", *options],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
-    )
+    done = _benchmark("scripts", *options, timeout_s=170)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "commands per item" in done.stdout
     result = json.loads(out.read_text())["result"]
@@ -399,25 +371,11 @@ def test_scripts_benchmark_profiles_every_stage_and_script(tmp_path: Path) -> No
 def test_profile_consumers_quick_run_profiles_the_stage_handlers(tmp_path: Path) -> None:
     """`benchmarks/profile_consumers.py`: py-spy samples the consumers, the shares add up."""
     out = tmp_path / "profile.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.profile_consumers",
-            "--orders",
-            "600",
-            "--procs",
-            "1",
-            "--rate",
-            "1000",  # enough samples of so short a run to find every area reliably
-            "--output",
-            str(out),
-        ],
-        cwd=REPO_ROOT,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=50,
+    done = _benchmark(
+        "profile_consumers",
+        *("--orders", "600", "--procs", "1", "--output", str(out)),
+        *("--rate", "1000"),  # enough samples of so short a run to find every area reliably
+        timeout_s=50,
     )
     if done.returncode == 2 and "permission" in done.stderr:
         pytest.skip(done.stderr.strip())  # py-spy may not ptrace here: nothing to profile
