@@ -19,7 +19,9 @@ from typing import Any
 
 import redis
 
-from streamproc.server_settings import MEMORY, server_args
+from streamproc.server_settings import MEMORY, REWRITES, server_args
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -75,7 +77,7 @@ def private_server(appendfsync: str = "everysec") -> Iterator[str]:
             "127.0.0.1",
             "--dir",
             str(data),
-            *server_args((("appendonly", "yes"), ("appendfsync", appendfsync), *MEMORY)),
+            *server_args((("appendonly", "yes"), ("appendfsync", appendfsync), *REWRITES, *MEMORY)),
             "--save",
             "",
         ],
@@ -96,6 +98,17 @@ def private_server(appendfsync: str = "everysec") -> Iterator[str]:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def process_cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime + stime of a live process, from /proc (0.0 when unavailable); with `children`,
+    those of its finished children instead (the server's AOF rewrites)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / CLOCK_TICKS
 
 
 def machine() -> dict[str, Any]:

@@ -11,6 +11,8 @@ consumers running, and measure:
   included), and the `seconds` the command reports for itself;
 - the child's peak RSS, from os.wait4's rusage for that one child (exact per child, unlike
   RUSAGE_CHILDREN, which is the maximum over every child reaped so far);
+- the CPU seconds of the child (rusage), of the server and of its AOF rewrites (/proc) during
+  the import, which show which side limits the rate;
 - that every order is in the reserve stream: XLEN == imported == the generated orders.
 
 The generated files are deleted afterwards. Results go to benchmarks/results/ingest.json (or
@@ -33,7 +35,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import cli_env, machine, private_server, save
+from benchmarks.common import cli_env, machine, private_server, process_cpu_seconds, save
 from benchmarks.generate import write_rows
 from streamproc.keys import Keys
 
@@ -43,11 +45,12 @@ QUICK_ROWS = [2_000]
 
 @dataclass(frozen=True, slots=True)
 class ChildRun:
-    """One reaped child: exit code, wall seconds and peak resident set size."""
+    """One reaped child: exit code, wall seconds, peak resident set size and CPU seconds."""
 
     returncode: int
     wall_seconds: float
     max_rss_bytes: int
+    cpu_seconds: float = 0.0  # user + system; 0.0 where not measured (a sampled run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,8 @@ class SizeResult:
     redis_used_memory_bytes: int
     redis_bytes_per_order: float
     aof_bytes: int
+    cpu_seconds: dict[str, float]
+    cpu_us_per_row: dict[str, float]
 
 
 def max_rss_bytes(ru_maxrss: int) -> int:
@@ -89,7 +94,8 @@ def run_child(argv: list[str], env: dict[str, str], stdout: Path, stderr: Path) 
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen.wait
-    return ChildRun(proc.returncode, wall, max_rss_bytes(usage.ru_maxrss))
+    cpu = usage.ru_utime + usage.ru_stime
+    return ChildRun(proc.returncode, wall, max_rss_bytes(usage.ru_maxrss), cpu)
 
 
 def generate(path: Path, rows: int, seed: int) -> tuple[int, float]:
@@ -115,12 +121,23 @@ def measure_size(rows: int, seed: int, appendfsync: str, batch_size: int) -> dic
         with private_server(appendfsync) as url:
             client = redis.Redis.from_url(url)
             conditions = durability(client)
+            server_pid = int(client.info("server")["process_id"])
+            server_cpu = process_cpu_seconds(server_pid)
+            rewrites_cpu = process_cpu_seconds(server_pid, children=True)
             argv = [sys.executable, "-m", "streamproc", "ingest", str(csv_path), "--json"]
             argv += ["--batch-size", str(batch_size)]
             child = run_child(argv, cli_env(url, work / "home"), work / "out", work / "err")
             if child.returncode != 0:
                 err = (work / "err").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"ingest exited {child.returncode}: {err}")
+            # Read at once: the server's CPU for the import, before the checks below add to it.
+            cpu = {
+                "ingest": round(child.cpu_seconds, 2),
+                "server": round(process_cpu_seconds(server_pid) - server_cpu, 2),
+                "server_aof_rewrites": round(
+                    process_cpu_seconds(server_pid, children=True) - rewrites_cpu, 2
+                ),
+            }
             report = json.loads((work / "out").read_text())
             xlen = int(client.xlen(Keys().stream("reserve")))
             memory = int(client.info("memory")["used_memory"])
@@ -146,6 +163,8 @@ def measure_size(rows: int, seed: int, appendfsync: str, batch_size: int) -> dic
             redis_used_memory_bytes=memory,
             redis_bytes_per_order=round(memory / orders, 1),
             aof_bytes=aof,
+            cpu_seconds=cpu,
+            cpu_us_per_row={name: round(value / rows * 1e6, 2) for name, value in cpu.items()},
         )
         return {**asdict(result), "durable": conditions}
     finally:

@@ -23,7 +23,6 @@ pipeline, pipeline_latency<ms>, pipeline_rate<N> or pipeline_latency<ms>_rate<N>
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import subprocess
@@ -37,29 +36,16 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import machine, pipeline_env, private_server, save
+from benchmarks.common import machine, pipeline_env, private_server, process_cpu_seconds, save
 from benchmarks.generate import write_orders
 from benchmarks.memory import memory_by_family
 from streamproc.keys import Keys
 from streamproc.status import collect_status
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
-
-
-def _cpu_seconds(pid: int, children: bool = False) -> float:
-    """utime + stime of a live process, from /proc (0.0 when unavailable); with `children`,
-    those of its finished children instead (the server's AOF rewrites)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    first = 13 if children else 11
-    return (int(fields[first]) + int(fields[first + 1])) / CLOCK_TICKS
 
 
 def _children_cpu_seconds() -> float:
@@ -205,10 +191,10 @@ def _drive(
         if on_started:
             on_started([p.pid for p in consumers])
         client.config_resetstat()
-        cpu_server = _cpu_seconds(server_pid)
-        cpu_rewrites = _cpu_seconds(server_pid, children=True)
+        cpu_server = process_cpu_seconds(server_pid)
+        cpu_rewrites = process_cpu_seconds(server_pid, children=True)
         rewrites = int(client.info("persistence")["aof_rewrites"])
-        cpu_consumers = sum(_cpu_seconds(p.pid) for p in consumers)
+        cpu_consumers = sum(process_cpu_seconds(p.pid) for p in consumers)
         cpu_children = _children_cpu_seconds()
         started = time.perf_counter()
         if chunks:
@@ -227,10 +213,10 @@ def _drive(
             [*cli, "wait", "--timeout", "3600"], env=env, check=True, stdout=subprocess.DEVNULL
         )
         out.total_seconds = time.perf_counter() - started
-        out.cpu_server = _cpu_seconds(server_pid) - cpu_server
-        out.cpu_rewrites = _cpu_seconds(server_pid, children=True) - cpu_rewrites
+        out.cpu_server = process_cpu_seconds(server_pid) - cpu_server
+        out.cpu_rewrites = process_cpu_seconds(server_pid, children=True) - cpu_rewrites
         out.aof_rewrites = int(client.info("persistence")["aof_rewrites"]) - rewrites
-        out.cpu_consumers = sum(_cpu_seconds(p.pid) for p in consumers) - cpu_consumers
+        out.cpu_consumers = sum(process_cpu_seconds(p.pid) for p in consumers) - cpu_consumers
         if on_drained:
             on_drained()
     finally:

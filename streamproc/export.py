@@ -13,7 +13,7 @@ from streamproc.clock import iso_ms
 from streamproc.keys import Keys
 from streamproc.models import decode_order
 from streamproc.money import format_cents
-from streamproc.orderview import parse_timeline
+from streamproc.orderview import parse_timeline, stored_history
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _FIELDS = (b"s", b"a", b"d", b"p", b"c", b"u", b"h")
@@ -56,9 +56,10 @@ def _iso(ms: bytes | None) -> str:
     return iso_ms(int(ms)) if ms else ""
 
 
-def _history(raw: bytes | None) -> str:
+def _history(raw: bytes | None, created: bytes | None) -> str:
     # Stored as state@ms;state@ms; exported with ISO times for people.
-    steps = parse_timeline(raw.decode()) if raw else []
+    stored = stored_history(None if raw is None else raw.decode(), (created or b"").decode())
+    steps = parse_timeline(stored)
     return ";".join(f"{step.state}@{iso_ms(step.at_ms)}" for step in steps)
 
 
@@ -111,8 +112,9 @@ def _load(
             charges=int(charged or 0),
             attempts=int(attempt or 1),
             created_at=_iso(created),
-            updated_at=_iso(updated),
-            history=_history(history),
+            # ingest.lua leaves u and h out of a new order's hash (pending since c).
+            updated_at=_iso(updated or created),
+            history=_history(history, created),
         )
 
 

@@ -46,6 +46,13 @@ class StoredOrder(msgspec.Struct):
     payment: PaymentRecord
 
 
+def stored_history(history: str | None, created: str | None) -> str:
+    """The order's history: ingest stores a new order without one (it is pending since c)."""
+    if history is not None:
+        return history
+    return f"pending@{created}" if created else ""
+
+
 def parse_timeline(raw: str) -> list[TimelineStep]:
     """`state@ms;state@ms` → steps, oldest first."""
     steps = []
@@ -82,6 +89,7 @@ async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> 
     state, attempt_raw, stage, payload, note, error, created, updated, history = order_fields
     if state is None or payload is None:
         return None
+    # ingest.lua leaves a, k, u and h out of a new order's hash: these are their values.
     attempt = int(attempt_raw or 1)
     record = ledger
     if attempt > 1:  # re-submitted orders are charged under an attempt-suffixed key
@@ -90,11 +98,13 @@ async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> 
         order=decode_order(payload),
         state=text(state),
         attempt=attempt,
-        next_stage=text(stage),
+        next_stage="reserve" if stage is None else text(stage),
         note=text(note),
         error=text(error),
         created_ms=int(created or 0),
-        updated_ms=int(updated or 0),
-        timeline=parse_timeline(text(history)),
+        updated_ms=int(updated or created or 0),
+        timeline=parse_timeline(
+            stored_history(None if history is None else text(history), text(created) or None)
+        ),
         payment=_payment(record, charges),
     )

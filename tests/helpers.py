@@ -16,7 +16,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from streamproc.server_settings import MEMORY, server_args
+from streamproc.server_settings import MEMORY, REWRITES, server_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -116,7 +116,7 @@ class ServerHandle:
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", "always",
-            *server_args(MEMORY),
+            *server_args(REWRITES + MEMORY),
             "--save", "",
             "--logfile", "",
         ]  # fmt: skip

@@ -138,7 +138,8 @@ def test_generator_rows_mode_writes_exactly_that_many_rows() -> None:
 
 
 def test_ingest_benchmark_quick_run_checks_the_stream(tmp_path: Path) -> None:
-    """`benchmarks/ingest.py --quick`: positive rows/s and RSS, XLEN == imported == generated."""
+    """`benchmarks/ingest.py --quick`: positive rows/s, RSS and CPU, XLEN == imported ==
+    generated."""
     out = tmp_path / "ingest.json"
     done = _benchmark("ingest", "--quick", "--output", str(out), timeout_s=100)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -151,6 +152,10 @@ def test_ingest_benchmark_quick_run_checks_the_stream(tmp_path: Path) -> None:
     assert size["reserve_xlen"] == size["imported"] == size["orders"] > 0
     assert size["rejected"] == size["duplicates"] == 0
     assert size["durable"] == {"appendonly": "yes", "appendfsync": "everysec"}
+    # The CPU of both sides of the import, which says which one limits it.
+    # (The server's share of a tiny import can round to zero clock ticks: only its presence.)
+    assert set(size["cpu_seconds"]) == {"ingest", "server", "server_aof_rewrites"}
+    assert size["cpu_seconds"]["ingest"] > 0 and size["cpu_us_per_row"]["ingest"] > 0
 
 
 def _celery_missing() -> bool:

@@ -768,7 +768,8 @@ def test_out_of_memory_mid_import_stops_at_a_batch_and_a_rerun_completes(
     ids = _big_file(path, 8000, seed=11)
     total = len(ids)
     old = r.config_get("maxmemory")["maxmemory"]
-    r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 2_000_000)
+    # About half of what the file's ~4,500 orders take (~400 bytes each with their entries).
+    r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 1_000_000)
     try:
         done = run_cli(["ingest", str(path), "--json", "--batch-size", "100"], sp_env)
     finally:
@@ -849,7 +850,9 @@ def test_force_counts_every_resubmitted_state_once(
     assert done.returncode == 0, done.stderr
     assert first["imported"] == 4
     for order_id, state in ended.items():  # as the stages would leave them
-        r.hset(KEYS.order(order_id), mapping={"s": state, "k": "", "p": "declined", "e": "boom"})
+        history = f"pending@1;{state}@2"
+        fields = {"s": state, "k": "", "p": "declined", "e": "boom", "u": "2", "h": history}
+        r.hset(KEYS.order(order_id), mapping=fields)
         r.hincrby(KEYS.state_counts, "pending", -1)
         r.hincrby(KEYS.state_counts, state, 1)
     history = r.hget(KEYS.order("X1"), "h")

@@ -73,7 +73,8 @@ local function apply()
       if not cur[1] then
         out[i] = -1
       else
-        if cur[3] == stage and cur[2] == attempt then
+        -- A hash ingest wrote has no attempt, next stage or history yet (ingest.lua).
+        if (cur[3] or "reserve") == stage and (cur[2] or "1") == attempt then
           local figures
           -- A completion's payload is decoded first: decoding is what can fail, and then the
           -- order must stay as it was.
@@ -85,7 +86,8 @@ local function apply()
             end
             figures = lb_decode_order(cur[4])
           end
-          local note, history = ARGV[b + 5], (cur[5] or "") .. ";" .. to_state .. "@" .. now
+          local note = ARGV[b + 5]
+          local history = (cur[5] or ("pending@" .. (cur[6] or ""))) .. ";" .. to_state .. "@" .. now
           if note ~= "" then
             redis.call("HSET", key, "s", to_state, "k", transition[2], "u", now, "h", history,
               "p", note)

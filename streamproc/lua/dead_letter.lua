@@ -18,14 +18,15 @@ local prev = ""
 local elapsed = -1
 if oid ~= "" then
   local cur = redis.call("HMGET", KEYS[4], "s", "a", "k", "h", "d", "c")
-  if cur[1] and cur[3] == stage and cur[2] == attempt then
+  -- A hash ingest wrote has no attempt, next stage or history yet (ingest.lua).
+  if cur[1] and (cur[3] or "reserve") == stage and (cur[2] or "1") == attempt then
     prev = cur[1]
     elapsed = elapsed_ms(tonumber(now), cur[6], cur[4], attempt)
     if payload == "" then
       payload = cur[5] or ""
     end
     redis.call("HSET", KEYS[4], "s", "dead_lettered", "k", "", "u", now, "e", err,
-      "h", (cur[4] or "") .. ";dead_lettered@" .. now)
+      "h", (cur[4] or ("pending@" .. (cur[6] or ""))) .. ";dead_lettered@" .. now)
     redis.call("HINCRBY", KEYS[3], prev, -1)
     redis.call("HINCRBY", KEYS[3], "dead_lettered", 1)
     local fields = { "o", oid, "a", attempt, "s", "dead_lettered", "d", payload }

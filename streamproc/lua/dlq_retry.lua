@@ -22,7 +22,7 @@ if state == "" then
   state = f["s"] or ""
 elseif f["o"] ~= "" then
   local cur = redis.call("HMGET", KEYS[3], "s", "a", "h")
-  if cur[1] ~= "dead_lettered" or cur[2] ~= f["a"] then
+  if cur[1] ~= "dead_lettered" or (cur[2] or "1") ~= f["a"] then
     return "conflict:" .. (cur[1] or "missing")
   end
   redis.call("HSET", KEYS[3], "s", state, "k", f["stage"], "u", ARGV[3],
