@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import io
@@ -17,10 +18,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from streamproc.clock import iso_ms
+from streamproc.connection import async_client
 from streamproc.errors import ServerError
+from streamproc.export import iter_orders
 from streamproc.ingest import IngestInterrupted, ingest_file
 from streamproc.keys import Keys
 from streamproc.models import Order, decode_order
+from streamproc.orderview import StoredOrder, load_order
 from streamproc.transport import ensure_groups_sync
 from tests.helpers import REPO_ROOT, free_port, run_cli, spawn_cli, stop_procs
 from tests.support import HEADER
@@ -837,6 +842,35 @@ def test_connection_lost_mid_import_exits_3_and_a_rerun_completes(
     assert again.returncode == 0, again.stderr
     assert (summary["imported"], summary["duplicates"]) == (total - first, first)
     assert stream_ids(r) == ids
+
+
+def test_a_new_order_is_stored_with_three_fields_and_read_with_the_implied_ones(
+    tmp_path: Path, sp_env: dict[str, str], r: redis.Redis, redis_url: str
+) -> None:
+    """ingest.lua writes s, d and c only; the order view and the export read the attempt, next
+    stage, history and update time it leaves out as 1, reserve, pending at c, and c."""
+    done, summary = ingest(write(tmp_path / "one.csv", [good("N1")]), sp_env)
+    assert done.returncode == 0 and summary["imported"] == 1, done.stderr
+    stored = r.hgetall(KEYS.order("N1"))
+    assert set(stored) == {"s", "d", "c"} and stored["s"] == "pending"
+    created = int(stored["c"])
+
+    async def view() -> StoredOrder | None:
+        client = async_client(redis_url)
+        try:
+            return await load_order(client, KEYS, "N1")
+        finally:
+            await client.aclose()
+
+    order = asyncio.run(view())
+    assert order is not None
+    assert (order.state, order.attempt, order.next_stage) == ("pending", 1, "reserve")
+    assert order.created_ms == order.updated_ms == created
+    assert [(step.state, step.at_ms) for step in order.timeline] == [("pending", created)]
+    [exported] = list(iter_orders(redis.Redis.from_url(redis_url), KEYS))
+    assert (exported.state, exported.attempts) == ("pending", 1)
+    assert exported.created_at == exported.updated_at == iso_ms(created)
+    assert exported.history == f"pending@{iso_ms(created)}"
 
 
 def test_force_counts_every_resubmitted_state_once(
