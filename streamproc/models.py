@@ -55,8 +55,8 @@ class Order(msgspec.Struct, array_like=True, frozen=True):
     @property
     def total_cents(self) -> int:
         """Sum of quantity * unit_price over the lines."""
-        # A list, not a generator of amount_cents: read up to four times per order and stage.
-        return sum([line.quantity * line.unit_price_cents for line in self.lines])
+        # A list, not a generator: read up to four times per order and stage.
+        return sum([line.amount_cents for line in self.lines])
 
     def quantities(self) -> dict[str, int]:
         """Quantity per SKU, lines of the same SKU added up."""

@@ -32,25 +32,28 @@ async def pipelined(client: redis.asyncio.Redis, commands: Sequence[tuple[Any, .
     the pool, which reconnects. Only reads come here, so sending them twice is harmless.
     """
     pool = client.connection_pool
-    kept = _kept.get(pool)
-    if kept is None:
-        kept = _kept[pool] = []
+    kept = _kept.setdefault(pool, [])
     if kept:
-        conn = kept.pop()
         try:
-            replies = await _exchange(conn, commands)
+            return await _use(pool, kept, kept.pop(), commands)
         except redis.ConnectionError:
-            await pool.release(conn)  # disconnected by _exchange; the pool reconnects it
-        except BaseException:
-            await pool.release(conn)
-            raise
-        else:
-            kept.append(conn)
-            return replies
+            pass  # a kept connection the server closed: once more on a pooled one
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    return await _use(pool, kept, conn, commands)
+
+
+async def _use(
+    pool: Any, kept: list[Any], conn: Any, commands: Sequence[tuple[Any, ...]]
+) -> list[Any]:
+    """One write of `commands` on `conn`, then every reply; `conn` is then kept (up to KEEP) or
+    given back to the pool."""
     try:
-        replies = await _exchange(conn, commands)
+        await conn.send_packed_command(conn.pack_commands(commands))
+        replies = [await conn.read_response() for _ in commands]
     except BaseException:
+        # A reply left unread (an error reply, a timeout, a cancel) would answer the next
+        # caller: closed, then given back (the pool reconnects it).
+        await conn.disconnect()
         await pool.release(conn)
         raise
     if len(kept) < KEEP:
@@ -58,17 +61,6 @@ async def pipelined(client: redis.asyncio.Redis, commands: Sequence[tuple[Any, .
     else:
         await pool.release(conn)
     return replies
-
-
-async def _exchange(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """One write, then every reply; on any failure the connection is closed, because a reply
-    left unread (an error reply, a timeout, a cancel) would answer the next caller."""
-    try:
-        await conn.send_packed_command(conn.pack_commands(commands))
-        return [await conn.read_response() for _ in commands]
-    except BaseException:
-        await conn.disconnect()
-        raise
 
 
 def pairs(reply: list[Any] | dict[Any, Any]) -> dict[Any, Any]:

@@ -39,11 +39,6 @@ def _pack(requests: Sequence[StockRequest]) -> list[Any]:
     return args
 
 
-def _texts(reply: list[Any]) -> list[str]:
-    """A script's per-request replies as str (bytes with decode_responses off; nil as "")."""
-    return [x.decode() if x.__class__ is bytes else text(x) for x in reply]
-
-
 class StockLedger:
     """Asynchronous, batched, idempotent stock operations used by the stages."""
 
@@ -57,13 +52,13 @@ class StockLedger:
         """Reserve all lines of each request or none: "r", or "f:<reason>" per request."""
         keys = [*(self.keys.stock(c) for c in STOCK_COLUMNS), self.keys.reservations]
         args = [self.policy, self.default_stock, len(requests), *_pack(requests)]
-        return _texts(await self.scripts.run("stock_reserve", keys, args))
+        return [text(x) for x in await self.scripts.run("stock_reserve", keys, args)]
 
     async def settle(self, requests: Sequence[StockRequest], commit: bool) -> list[str]:
         """Commit (sold) or release (rolled back) reservations: the state after, per request."""
         keys = [*(self.keys.stock(c) for c in STOCK_COLUMNS[:3]), self.keys.reservations]
         args = ["commit" if commit else "release", len(requests), *_pack(requests)]
-        return _texts(await self.scripts.run("stock_settle", keys, args))
+        return [text(x) for x in await self.scripts.run("stock_settle", keys, args)]
 
 
 class StockRow(msgspec.Struct, frozen=True):

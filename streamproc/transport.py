@@ -196,18 +196,9 @@ class StageStream:
     async def _read_group(
         self, start: str | bytes, count: int, block_ms: int | None
     ) -> list[Message]:
-        reply = await self._xreadgroup(start, count, block_ms)
-        if not reply:
-            return []
-        if reply.__class__ is dict:  # RESP3: {stream: [entries]}
-            reply = list(reply.items())
+        entries = await self._read_entries(start, count, block_ms)
         # An entry without fields was trimmed while pending: nothing left to handle.
-        return [
-            parse_entry(msg_id, fields)
-            for _stream, entries in reply
-            for msg_id, fields in entries
-            if fields
-        ]
+        return [parse_entry(msg_id, fields) for msg_id, fields in entries if fields]
 
     async def _read_entries(
         self, start: str | bytes, count: int, block_ms: int | None

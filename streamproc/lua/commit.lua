@@ -29,6 +29,7 @@
 -- was submitted (-1 when unknown): the end-to-end latency, at the cost of one more HMGET field.
 -- include: leaderboard
 -- include: submitted
+-- include: order
 local group, stage, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now_ms = tonumber(now)
 local m, lb_live, lb_staging = tonumber(ARGV[5]), ARGV[6], ARGV[7]
@@ -73,8 +74,7 @@ local function apply()
       if not cur[1] then
         out[i] = -1
       else
-        -- A hash ingest wrote has no attempt, next stage or history yet (ingest.lua).
-        if (cur[3] or "reserve") == stage and (cur[2] or "1") == attempt then
+        if order_awaits(cur[3], cur[2], stage, attempt) then
           local figures
           -- A completion's payload is decoded first: decoding is what can fail, and then the
           -- order must stay as it was.
@@ -87,7 +87,7 @@ local function apply()
             figures = lb_decode_order(cur[4])
           end
           local note = ARGV[b + 5]
-          local history = (cur[5] or ("pending@" .. (cur[6] or ""))) .. ";" .. to_state .. "@" .. now
+          local history = order_history(cur[5], cur[6]) .. ";" .. to_state .. "@" .. now
           if note ~= "" then
             redis.call("HSET", key, "s", to_state, "k", transition[2], "u", now, "h", history,
               "p", note)

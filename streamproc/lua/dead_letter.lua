@@ -12,21 +12,21 @@
 -- Returns {the dead letter's id, ms since the order was submitted when it became dead_lettered
 -- here (its end-to-end latency), else -1}.
 -- include: submitted
+-- include: order
 local group, msg, stage, deliveries, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local oid, attempt, payload, now, carried = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local prev = ""
 local elapsed = -1
 if oid ~= "" then
   local cur = redis.call("HMGET", KEYS[4], "s", "a", "k", "h", "d", "c")
-  -- A hash ingest wrote has no attempt, next stage or history yet (ingest.lua).
-  if cur[1] and (cur[3] or "reserve") == stage and (cur[2] or "1") == attempt then
+  if cur[1] and order_awaits(cur[3], cur[2], stage, attempt) then
     prev = cur[1]
     elapsed = elapsed_ms(tonumber(now), cur[6], cur[4], attempt)
     if payload == "" then
       payload = cur[5] or ""
     end
     redis.call("HSET", KEYS[4], "s", "dead_lettered", "k", "", "u", now, "e", err,
-      "h", (cur[4] or ("pending@" .. (cur[6] or ""))) .. ";dead_lettered@" .. now)
+      "h", order_history(cur[4], cur[6]) .. ";dead_lettered@" .. now)
     redis.call("HINCRBY", KEYS[3], prev, -1)
     redis.call("HINCRBY", KEYS[3], "dead_lettered", 1)
     local fields = { "o", oid, "a", attempt, "s", "dead_lettered", "d", payload }

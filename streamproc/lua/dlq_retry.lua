@@ -5,6 +5,7 @@
 -- ARGV[1] dead-letter id  ARGV[2] stage (as read by the caller)  ARGV[3] now (ms)
 -- Returns the new stage entry id; false when the dead letter is gone or names another stage;
 -- "conflict:<state>" (and changes nothing) when its order has moved on since, e.g. re-submitted.
+-- include: order
 local entries = redis.call("XRANGE", KEYS[1], ARGV[1], ARGV[1])
 if #entries == 0 then
   return false
@@ -22,7 +23,7 @@ if state == "" then
   state = f["s"] or ""
 elseif f["o"] ~= "" then
   local cur = redis.call("HMGET", KEYS[3], "s", "a", "h")
-  if cur[1] ~= "dead_lettered" or (cur[2] or "1") ~= f["a"] then
+  if cur[1] ~= "dead_lettered" or order_attempt(cur[2]) ~= f["a"] then
     return "conflict:" .. (cur[1] or "missing")
   end
   redis.call("HSET", KEYS[3], "s", state, "k", f["stage"], "u", ARGV[3],

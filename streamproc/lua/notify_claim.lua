@@ -23,6 +23,7 @@
 -- and the stored record when the verdict is resume, `offset|attempts` of the dead attempt when it
 -- is recover ("" otherwise).
 -- include: notification
+-- include: order
 local owner, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local n = (#ARGV - 3) / 4
 local expiry = string.format("%.0f", now + ttl)
@@ -37,7 +38,7 @@ for i = 1, n do
     verdict = "done" -- a second message for one record in this batch: the first one decides
   elseif state ~= "" then
     local cur = redis.call("HMGET", KEYS[3 + i], "s", "a")
-    if cur[1] and (cur[1] ~= state or (cur[2] or "1") ~= attempt) then
+    if cur[1] and (cur[1] ~= state or order_attempt(cur[2]) ~= attempt) then
       verdict = "stale"
     end
   end
