@@ -48,6 +48,7 @@ from benchmarks.common import machine, private_server, save
 from benchmarks.generate import write_orders
 from streamproc.gateway import simulated_outcome
 from streamproc.keys import Keys
+from streamproc.orderview import order_timeline
 from streamproc.stock import show_stock
 
 REPO = Path(__file__).resolve().parent.parent
@@ -300,9 +301,9 @@ def streamproc_outcome(client: redis.Redis, log: Path) -> Outcome:
     last_ms = 0
     prefix = keys.order_prefix
     for key in set(client.scan_iter(match=keys.order_pattern, count=1000)):
-        state, history = client.hmget(key, ["s", "h"])
+        state, history, created = client.hmget(key, ["s", "h", "c"])
         states[key.decode()[len(prefix) :]] = state.decode()
-        last_ms = max(last_ms, int(history.rsplit(b"@", 1)[1]))
+        last_ms = max(last_ms, order_timeline(history.decode(), created.decode(), None)[1])
     stock = {
         r.sku: (r.initial, r.available, r.reserved, r.committed) for r in show_stock(client, keys)
     }

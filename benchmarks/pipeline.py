@@ -4,7 +4,7 @@
 
 Starts a private server, generates a seeded CSV, runs PROCS `streamproc consume --stage all`
 processes, feeds the orders, waits until drained, and reads each order's ingest→terminal latency
-from its history (`pending@ms;…;<terminal>@ms`, stamped by the scripts).
+from its history (`pending@t;…;<terminal>@t`, stamped by the scripts).
 
 Two ways to feed the orders:
 - flood (default): one `streamproc ingest FILE` of the whole CSV. This measures the maximum
@@ -40,6 +40,7 @@ from benchmarks.common import machine, pipeline_env, private_server, process_cpu
 from benchmarks.generate import write_orders
 from benchmarks.memory import memory_by_family
 from streamproc.keys import Keys
+from streamproc.orderview import order_timeline
 from streamproc.status import collect_status
 
 
@@ -61,10 +62,11 @@ def _histories(client: redis.Redis, keys: Keys) -> list[list[int]]:
     def load() -> None:
         pipe = client.pipeline(transaction=False)
         for key in batch:
-            pipe.hget(key, "h")
-        for raw in pipe.execute():
-            if raw:
-                out.append([int(step.rpartition("@")[2]) for step in raw.decode().split(";")])
+            pipe.hmget(key, "h", "c")
+        for history, created in pipe.execute():
+            if history:
+                steps, _ = order_timeline(history.decode(), created.decode(), None)
+                out.append([step.at_ms for step in steps])
         batch.clear()
 
     seen: set[bytes] = set()

@@ -13,7 +13,7 @@ from streamproc.clock import iso_ms
 from streamproc.keys import Keys
 from streamproc.models import decode_order
 from streamproc.money import format_cents
-from streamproc.orderview import parse_timeline, stored_history
+from streamproc.orderview import TimelineStep, order_timeline
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _FIELDS = (b"s", b"a", b"d", b"p", b"c", b"u", b"h")
@@ -56,11 +56,13 @@ def _iso(ms: bytes | None) -> str:
     return iso_ms(int(ms)) if ms else ""
 
 
-def _history(raw: bytes | None, created: bytes | None) -> str:
-    # Stored as state@ms;state@ms; exported with ISO times for people.
-    stored = stored_history(None if raw is None else raw.decode(), (created or b"").decode())
-    steps = parse_timeline(stored)
+def _history(steps: list[TimelineStep]) -> str:
+    # Stored as state@t;state@t (orderview.parse_timeline); exported with ISO times for people.
     return ";".join(f"{step.state}@{iso_ms(step.at_ms)}" for step in steps)
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode()
 
 
 def iter_orders(client: redis.Redis, keys: Keys, page: int = 500) -> Iterator[ExportedOrder]:
@@ -95,6 +97,7 @@ def _load(
         if payload is None:
             continue  # deleted between SCAN and read
         order = decode_order(payload)
+        steps, updated_ms = order_timeline(_text(history), _text(created), _text(updated))
         yield ExportedOrder(
             order_id=order_id,
             state=(state or b"").decode(),
@@ -112,9 +115,8 @@ def _load(
             charges=int(charged or 0),
             attempts=int(attempt or 1),
             created_at=_iso(created),
-            # ingest.lua leaves u and h out of a new order's hash (pending since c).
-            updated_at=_iso(updated or created),
-            history=_history(history, created),
+            updated_at=iso_ms(updated_ms) if updated_ms else "",
+            history=_history(steps),
         )
 
 

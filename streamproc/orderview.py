@@ -53,14 +53,34 @@ def stored_history(history: str | None, created: str | None) -> str:
     return f"pending@{created}" if created else ""
 
 
-def parse_timeline(raw: str) -> list[TimelineStep]:
-    """`state@ms;state@ms` → steps, oldest first."""
+def parse_timeline(raw: str, created_ms: int = 0) -> list[TimelineStep]:
+    """`state@t;state@t` → steps, oldest first; t is `+<ms after created_ms>` (lib/order.lua) or,
+    in histories written before steps were relative, absolute ms."""
     steps = []
     for part in raw.split(";"):
-        state, _, ms = part.partition("@")
-        if state and ms.isdigit():
-            steps.append(TimelineStep(state, int(ms)))
+        state, _, at = part.partition("@")
+        if not state:
+            continue
+        if at.startswith("+") and at[1:].lstrip("-").isdigit():
+            steps.append(TimelineStep(state, created_ms + int(at[1:])))
+        elif at.isdigit():
+            steps.append(TimelineStep(state, int(at)))
     return steps
+
+
+def order_timeline(
+    history: str | None, created: str | None, updated: str | None
+) -> tuple[list[TimelineStep], int]:
+    """The stored fields h, c and u as the timeline and the time of the last change (ms).
+
+    The scripts no longer store u: the last step's time is the update time. Hashes written before
+    have a u equal to that step's time, so the step is read first either way.
+    """
+    created_ms = int(created) if created and created.isdigit() else 0
+    steps = parse_timeline(stored_history(history, created), created_ms)
+    if steps:
+        return steps, steps[-1].at_ms
+    return steps, int(updated) if updated and updated.isdigit() else created_ms
 
 
 def _payment(record: bytes | None, charges: bytes | None) -> PaymentRecord:
@@ -89,8 +109,11 @@ async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> 
     state, attempt_raw, stage, payload, note, error, created, updated, history = order_fields
     if state is None or payload is None:
         return None
-    # ingest.lua leaves a, k, u and h out of a new order's hash: these are their values.
+    # ingest.lua leaves a, k and h out of a new order's hash: these are their values.
     attempt = int(attempt_raw or 1)
+    timeline, updated_ms = order_timeline(
+        None if history is None else text(history), text(created) or None, text(updated) or None
+    )
     record = ledger
     if attempt > 1:  # re-submitted orders are charged under an attempt-suffixed key
         record = await client.hget(keys.gateway_ledger, idempotency_key(order_id, attempt))
@@ -102,9 +125,7 @@ async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> 
         note=text(note),
         error=text(error),
         created_ms=int(created or 0),
-        updated_ms=int(updated or created or 0),
-        timeline=parse_timeline(
-            stored_history(None if history is None else text(history), text(created) or None)
-        ),
+        updated_ms=updated_ms,
+        timeline=timeline,
         payment=_payment(record, charges),
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from streamproc.clock import iso_ms
 from streamproc.keys import STAGES
 from tests.helpers import REPO_ROOT, stop_procs
 from tests.invariants import assert_pipeline_invariants, order_ids_in, write_products
@@ -43,7 +44,7 @@ def pipeline(sp_env: dict[str, str], tmp_path: Path) -> Iterator[Pipeline]:
         stop_procs(running.procs)
 
 
-def test_sample_csv_end_to_end(pipeline: Pipeline) -> None:
+def test_sample_csv_end_to_end(pipeline: Pipeline, r: redis.Redis) -> None:
     env = pipeline.env
     cli(["stock", "load", str(REPO_ROOT / "products.csv")], env)
     before = stock_show(env)
@@ -63,6 +64,16 @@ def test_sample_csv_end_to_end(pipeline: Pipeline) -> None:
         day[0] += 1
         day[1] += order["total_cents"]
     assert dict(per_day) == {"2025-11-10": [5, 48596], "2025-11-11": [5, 57947]}
+    for order_id, order in orders.items():
+        # Stored compactly (lib/order.lua): steps in ms after c, no u; exported as ISO times.
+        stored = r.hgetall(KEYS.order(order_id))
+        assert "u" not in stored, stored
+        steps = [step.split("@") for step in stored["h"].split(";")]
+        assert [state for state, _ in steps] == ["pending", "reserved", "paid", "completed"]
+        offsets = [int(at.removeprefix("+")) for _, at in steps]
+        assert all(at.startswith("+") for _, at in steps) and offsets == sorted(offsets), stored
+        last = iso_ms(int(stored["c"]) + offsets[-1])
+        assert order["updated_at"] == last and order["history"].endswith(f"completed@{last}")
 
     sold: Counter[str] = Counter()
     for order in orders.values():

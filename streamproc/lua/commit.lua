@@ -87,12 +87,11 @@ local function apply()
             figures = lb_decode_order(cur[4])
           end
           local note = ARGV[b + 5]
-          local history = order_history(cur[5], cur[6]) .. ";" .. to_state .. "@" .. now
+          local history = order_advance(cur[5], cur[6], to_state, now)
           if note ~= "" then
-            redis.call("HSET", key, "s", to_state, "k", transition[2], "u", now, "h", history,
-              "p", note)
+            redis.call("HSET", key, "s", to_state, "k", transition[2], "h", history, "p", note)
           else
-            redis.call("HSET", key, "s", to_state, "k", transition[2], "u", now, "h", history)
+            redis.call("HSET", key, "s", to_state, "k", transition[2], "h", history)
           end
           -- Counted once its state moved (the sums cannot fail), written after the batch.
           if figures then

@@ -25,8 +25,8 @@ if oid ~= "" then
     if payload == "" then
       payload = cur[5] or ""
     end
-    redis.call("HSET", KEYS[4], "s", "dead_lettered", "k", "", "u", now, "e", err,
-      "h", order_history(cur[4], cur[6]) .. ";dead_lettered@" .. now)
+    redis.call("HSET", KEYS[4], "s", "dead_lettered", "k", "", "e", err,
+      "h", order_advance(cur[4], cur[6], "dead_lettered", now))
     redis.call("HINCRBY", KEYS[3], prev, -1)
     redis.call("HINCRBY", KEYS[3], "dead_lettered", 1)
     local fields = { "o", oid, "a", attempt, "s", "dead_lettered", "d", payload }

@@ -22,12 +22,12 @@ local state = f["prev"] or ""
 if state == "" then
   state = f["s"] or ""
 elseif f["o"] ~= "" then
-  local cur = redis.call("HMGET", KEYS[3], "s", "a", "h")
+  local cur = redis.call("HMGET", KEYS[3], "s", "a", "h", "c")
   if cur[1] ~= "dead_lettered" or order_attempt(cur[2]) ~= f["a"] then
     return "conflict:" .. (cur[1] or "missing")
   end
-  redis.call("HSET", KEYS[3], "s", state, "k", f["stage"], "u", ARGV[3],
-    "h", (cur[3] or "") .. ";" .. state .. "@" .. ARGV[3])
+  redis.call("HSET", KEYS[3], "s", state, "k", f["stage"], "h",
+    order_advance(cur[3], cur[4], state, ARGV[3]))
   redis.call("HDEL", KEYS[3], "e")
   redis.call("HINCRBY", KEYS[2], "dead_lettered", -1)
   redis.call("HINCRBY", KEYS[2], state, 1)
