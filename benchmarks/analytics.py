@@ -377,10 +377,9 @@ def load_customers(client: redis.Redis, keys: Keys, customers: int, seed: int) -
             first = first_day + timedelta(days=rng.randrange(365))
             last = min(date.fromisoformat(YEAR_END), first + timedelta(days=rng.randrange(200)))
             scores[str(cid)] = orders * rng.randint(300, 40_000)
-            fields[f"{cid}:n"] = orders
-            fields[f"{cid}:name"] = f"{FIRST[cid % 10]} {LAST[(cid // 10) % 10]}"
-            fields[f"{cid}:first"] = f"{first}T10:00:00Z"
-            fields[f"{cid}:k"] = f"{last}T18:30:00Z|ORD-{cid}"
+            name = f"{FIRST[cid % 10]} {LAST[(cid // 10) % 10]}"
+            # The card lib/leaderboard.lua keeps (analytics.leaderboard.read_card).
+            fields[str(cid)] = f"{orders}|{first}T10:00:00Z|{last}T18:30:00Z|ORD-{cid}|{name}"
         pipe = client.pipeline(transaction=False)
         pipe.zadd(board, scores)
         pipe.hset(info, mapping=fields)

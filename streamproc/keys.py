@@ -159,11 +159,11 @@ class Keys:
     def leaderboard(self, currency: str, board: str, staging: bool = False) -> str:
         """One of a currency's leaderboard keys (`board` from BOARDS); `staging` = a rebuild's.
 
-        customers: zset customer id → total spent (cents); customer_info: hash `<id>:n` orders,
-        `<id>:name`, `<id>:first` first order date, `<id>:k` `<order_date>|<order_id>` of the last
-        order; products: zset SKU → units sold; product_info: hash `<sku>:r` revenue (cents),
-        `<sku>:n` orders, `<sku>:name`, `<sku>:k`. The scripts build these names from
-        leaderboard_prefix, so the two must agree.
+        customers: zset customer id → total spent (cents); customer_info: hash customer id →
+        `<orders>|<first order date>|<order_date>|<order_id>|<name>`, the order and name being the
+        latest (analytics.leaderboard.read_card); products: zset SKU → units sold; product_info:
+        hash `<sku>:r` revenue (cents), `<sku>:n` orders, `<sku>:name`, `<sku>:k`. The scripts
+        build these names from leaderboard_prefix, so the two must agree.
         """
         return f"{self.leaderboard_prefix(staging)}{currency}:{board}"
 

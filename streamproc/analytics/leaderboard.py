@@ -38,6 +38,25 @@ class ProductEntry(msgspec.Struct):
     order_count: int
 
 
+class CustomerCard(msgspec.Struct):
+    """A customer's figures beside their score (customer_info, lib/leaderboard.lua)."""
+
+    orders: int
+    first_order: str
+    last_order: str
+    last_order_id: str
+    name: str
+
+
+def read_card(raw: bytes | str | None) -> CustomerCard:
+    """`<orders>|<first date>|<last order_date>|<its order_id>|<name>` (the name may hold "|")."""
+    parts = text(raw).split("|", 4)
+    if len(parts) < 5 or not parts[0].isdigit():
+        return CustomerCard(0, "", "", "", "")
+    orders, first, last, order_id, name = parts
+    return CustomerCard(int(orders), first, last, order_id, name)
+
+
 class CustomerStanding(msgspec.Struct):
     """One customer's completed orders in one currency, and their rank by total spent."""
 
@@ -69,12 +88,13 @@ async def top_customers(
     rows = await _top(client, keys.leaderboard(currency, "customers"), limit)
     if not rows:
         return []
-    fields = [f"{m.decode()}:{f}" for m, _ in rows for f in ("n", "name")]
-    info = await _hmget(client, keys.leaderboard(currency, "customer_info"), fields)
-    return [
-        CustomerEntry(rank, int(member), text(info[2 * i + 1]), int(info[2 * i] or 0), int(score))
-        for i, (rank, (member, score)) in enumerate(enumerate(rows, start=1))
-    ]
+    members = [m.decode() for m, _ in rows]
+    cards = await _hmget(client, keys.leaderboard(currency, "customer_info"), members)
+    entries = []
+    for rank, ((member, score), card) in enumerate(zip(rows, cards, strict=True), start=1):
+        info = read_card(card)
+        entries.append(CustomerEntry(rank, int(member), info.name, info.orders, int(score)))
+    return entries
 
 
 async def top_products(
@@ -109,23 +129,21 @@ async def customer_standing(
         pipe.zscore(board, member)
         pipe.zrevrank(board, member)
         pipe.zcard(board)
-        pipe.hmget(
-            keys.leaderboard(currency, "customer_info"),
-            [f"{member}:{f}" for f in ("n", "name", "first", "k")],
-        )
-        score, rank, size, (orders, name, first, last_key) = await pipe.execute()
+        pipe.hget(keys.leaderboard(currency, "customer_info"), member)
+        score, rank, size, card = await pipe.execute()
     if score is None or rank is None:
         return None
-    spent, count = int(score), int(orders or 0)
+    info = read_card(card)
+    spent = int(score)
     return CustomerStanding(
         customer_id=customer_id,
-        customer_name=text(name),
+        customer_name=info.name,
         currency=currency,
-        order_count=count,
+        order_count=info.orders,
         total_spent_cents=spent,
-        average_order_value_cents=average_cents(spent, count),
-        first_order=text(first),
-        last_order=text(last_key).partition("|")[0],
+        average_order_value_cents=average_cents(spent, info.orders),
+        first_order=info.first_order,
+        last_order=info.last_order,
         rank=int(rank) + 1,
         customers_ranked=int(size),
     )

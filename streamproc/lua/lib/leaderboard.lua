@@ -183,15 +183,42 @@ local function lb_latest(sets, m, field, stored, key, id, name)
   return m
 end
 
--- A customer's sums {cents, orders, first date, latest key, name}: count, first date, latest.
-local function lb_settle_customer(info, sets, m, fields, j, have, id, s)
-  m = lb_counter(info, sets, m, fields[j + 1], have[j + 1], s[2])
-  local first = have[j + 2]
-  if not first or s[3] < first then
-    sets[m + 1], sets[m + 2] = fields[j + 2], s[3]
-    m = m + 2
+-- A customer's card in customer_info: `<orders>|<first date>|<order_date>|<order_id>|<name>` under
+-- the customer id. One field instead of four (n, first, k, name): 123 instead of 307 bytes per
+-- customer. Dates and order ids hold no "|" (SPEC §2), so the name is all after the fourth.
+local function lb_card_read(card)
+  if not card then
+    return 0, nil, nil, nil
   end
-  return lb_latest(sets, m, fields[j + 3], have[j + 3], s[4], id, s[5])
+  local orders, first, key, name = string.match(card, "^(%d+)|([^|]*)|([^|]*|[^|]*)|(.*)$")
+  return tonumber(orders) or 0, first, key, name
+end
+
+-- Writes the customer board and the cards of a currency's ids, LB_CHUNK ids at a time: their
+-- new scores, then one HMGET and one HSET of their cards. The order count is a Lua number: exact
+-- up to 2^53 orders of one customer, which no store will ever hold.
+local function lb_flush_customers(board, info, ids, count, sums, scratch)
+  for from = 1, count, LB_CHUNK do
+    local to = math.min(from + LB_CHUNK - 1, count)
+    lb_scores(board, ids, from, to, sums, scratch[1])
+    local have = redis.call("HMGET", info, unpack(ids, from, to))
+    local sets, m = scratch[3], 0
+    for i = from, to do
+      local id = ids[i]
+      local s = sums[id]
+      local orders, first, key, name = lb_card_read(have[i - from + 1])
+      if not first or s[3] < first then
+        first = s[3]
+      end
+      if not key or s[4] > key then
+        key, name = s[4], s[5]
+      end
+      sets[m + 1] = id
+      sets[m + 2] = lb_format("%.0f", orders + s[2]) .. "|" .. first .. "|" .. key .. "|" .. name
+      m = m + 2
+    end
+    redis.call("HSET", info, unpack(sets, 1, m))
+  end
 end
 
 -- A SKU's sums {units, cents, orders, latest named key, name}: revenue, count, latest.
@@ -213,8 +240,7 @@ local function lb_flush(batch)
   for _, cur in ipairs(curs) do
     local c = batch[4][cur]
     local board = prefix .. cur .. ":"
-    lb_flush_board(board .. "customers", board .. "customer_info", { ":n", ":first" }, c[1],
-      c[5], c[2], scratch, lb_settle_customer)
+    lb_flush_customers(board .. "customers", board .. "customer_info", c[1], c[5], c[2], scratch)
     lb_flush_board(board .. "products", board .. "product_info", { ":r", ":n" }, c[3], c[6],
       c[4], scratch, lb_settle_product)
   end
