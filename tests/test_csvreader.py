@@ -9,6 +9,7 @@ import itertools
 import os
 import types
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -267,6 +268,43 @@ def test_order_date_is_normalised_to_utc(value: str, expected: str) -> None:
     assert only_order(HEADER + "\n" + row(order_date=value)).order.order_date == expected
 
 
+def test_every_real_day_is_accepted_and_every_other_day_29_to_31_rejected() -> None:
+    # Days 29-31 pass the fast check only where every year has them; the rest take the slow path.
+    text, expected = HEADER + "\n", []
+    for year, month, day in itertools.product((2024, 2025), range(1, 13), range(1, 32)):
+        value = f"{year}-{month:02d}-{day:02d} 23:59:59"
+        text += row(order_id=value[:10], order_date=value)
+        try:
+            date(year, month, day)
+        except ValueError:
+            expected.append(f"order_date: not a valid date, got {value!r}")
+        else:
+            expected.append(f"{value[:10]}T23:59:59Z")
+    results = parse(text)
+    assert [
+        r.order.order_date if isinstance(r, ParsedOrder) else r.reason for r in results
+    ] == expected
+
+
+def test_a_date_repeated_on_consecutive_rows_is_checked_on_each() -> None:
+    text = HEADER + "\n" + row(order_id="0", order_date="") + row(order_id="00", order_date="")
+    reason = "order_date: required"
+    assert summary(parse(text)) == [("rej", 2, reason), ("rej", 3, reason)]
+    iso, bad = "2025-01-01T00:30:00+01:00", "2025-04-31 10:00:00"
+    text = HEADER + "\n" + row(order_id="1", order_date=iso) + row(order_id="2", order_date=iso)
+    text += row(order_id="3", order_date=bad) + row(order_id="4", order_date=bad)
+    text += row(order_id="5", order_date=iso)
+    results = parse(text)
+    reason = f"order_date: not a valid date, got {bad!r}"
+    assert [r.order.order_date if isinstance(r, ParsedOrder) else r.reason for r in results] == [
+        "2024-12-31T23:30:00Z",
+        "2024-12-31T23:30:00Z",
+        reason,
+        reason,
+        "2024-12-31T23:30:00Z",
+    ]
+
+
 def test_default_currency_applies_when_column_absent_and_product_name_optional() -> None:
     columns = [c for c in COLUMNS if c not in ("currency", "product_name")]
     parsed = only_order(",".join(columns) + "\n" + row(columns), default_currency="eur")
@@ -341,6 +379,31 @@ def test_quoted_newline_keeps_later_line_numbers_right() -> None:
     ]
     first = results[0]
     assert isinstance(first, ParsedOrder) and first.order.lines[0].name == "Two\nline\nname"
+
+
+def test_rows_are_split_exactly_as_the_csv_module_reads_them() -> None:
+    # Lines without a quote are split on commas, the others read by csv: the cells and line
+    # numbers must be the same as csv's either way, whatever the characters and line ends.
+    cells = ["a", " b ", "", "\x00", "\t", "\\", "é", "\u2028", "\x85", "\x0c", "\x1e", "'"]
+    quoted = ['"q,1"', '"two\nlines"', '"x""y"', '"cr\r\nlf"', 'in"side']
+    text = ",".join(COLUMNS) + "\n"
+    for n, ending in itertools.product(range(60), ("\n", "\r\n", "\r")):
+        picked = [cells[(n * 7 + i * 5) % len(cells)] for i in range(n % 11)]
+        if n % 4 == 0:
+            picked.insert(n % 3, quoted[n % len(quoted)])
+        text += ",".join(picked) + ending
+    text += "last,line,without,an,ending"
+    expected = []  # (the line a record starts on, its cells), as csv reads them
+    reader = csv.reader(io.StringIO(text, newline=""))
+    next(reader)
+    line_end = reader.line_num
+    for cells_read in reader:
+        if "".join(cells_read).strip():  # blank lines are skipped
+            expected.append((line_end + 1, cells_read))
+        line_end = reader.line_num
+    results = parse(text)
+    assert all(isinstance(r, RejectedRow) for r in results)  # no row here is a valid order
+    assert [(r.line, r.values) for r in results if isinstance(r, RejectedRow)] == expected
 
 
 def test_reader_streams_without_reading_ahead() -> None:
@@ -432,6 +495,16 @@ def test_one_bad_row_rejects_every_row_of_its_order() -> None:
         ("rej", 4, "order 1001: rejected with its line 3"),
         ("rej", 5, "expected 9 columns, got 2"),
         ("ok", 6, "1002"),
+    ]
+
+
+def test_a_bad_row_outranks_a_disagreement_in_its_order() -> None:
+    text = HEADER + "\n" + row() + row(currency="EUR") + row(quantity="0") + row(order_id="1002")
+    assert summary(parse(text)) == [
+        ("rej", 2, "order 1001: rejected with its line 4"),
+        ("rej", 3, "order 1001: rejected with its line 4"),
+        ("rej", 4, "quantity: must be an integer 1..100000, got '0'"),
+        ("ok", 5, "1002"),
     ]
 
 
