@@ -243,6 +243,7 @@ def consume(
     # A consumer serves its own metrics; a multiprocess directory meant for API workers (say,
     # inherited from a supervisor's environment) must not turn its values into files.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from streamproc.analytics.leaderboard import boards_before_cards
     from streamproc.stages import resolve_stages
     from streamproc.worker import default_consumer_name, run_worker
 
@@ -255,6 +256,12 @@ def consume(
     with env.client() as client:  # fail fast and clearly when the server is not there
         for shortfall in shortfalls(client):
             log.warning("server setting: %s", shortfall)
+        for currency in boards_before_cards(client, env.keys):
+            log.warning(
+                "the %s customer leaderboard was written by an earlier version and its names and "
+                "order counts will be wrong: run `streamproc leaderboard rebuild` once",
+                currency,
+            )
     _use_uvloop()
     code = asyncio.run(
         run_worker(

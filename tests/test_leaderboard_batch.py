@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
+import threading
 from typing import Any
 
 import pytest
 import redis
 from redis.exceptions import ResponseError
 
-from streamproc.analytics.leaderboard import CustomerCard, read_card
+from streamproc.analytics.leaderboard import CustomerCard, boards_before_cards, read_card
 from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.keys import BOARDS
@@ -247,3 +250,31 @@ def test_an_equal_latest_key_keeps_the_name_added_first(redis_url: str, r: redis
     assert stored_boards(r) == expected_boards(same)
     assert read_card(r.hget(KEYS.leaderboard("EUR", "customer_info"), "6")).name == "First"
     assert r.hget(KEYS.leaderboard("EUR", "product_info"), "S:name") == "One"
+
+
+def test_consume_warns_about_customer_figures_written_before_cards(
+    r: redis.Redis, sp_env: dict[str, str]
+) -> None:
+    """Boards written by an earlier version (a field per figure) are named at start-up, with the
+    rebuild that rewrites them; boards of cards are not."""
+    r.sadd(KEYS.leaderboard_currencies(), "USD", "EUR")
+    r.hset(KEYS.leaderboard("EUR", "customer_info"), "6", "1|d|d|T|Six")
+    r.hset(KEYS.leaderboard("USD", "customer_info"), mapping={"5:n": "2", "5:name": "Old"})
+    assert boards_before_cards(r, KEYS) == ["USD"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamproc", "consume", "--stage", "reserve"],
+        env=sp_env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    timer = threading.Timer(20, proc.terminate)  # a consumer that never warns is stopped too
+    timer.start()
+    try:
+        assert proc.stderr is not None
+        seen = next((ln for ln in iter(proc.stderr.readline, "") if "leaderboard" in ln), "")
+    finally:
+        timer.cancel()
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert "the USD customer leaderboard" in seen and "leaderboard rebuild" in seen
+    assert "EUR" not in seen

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import cast
 
 import msgspec
+import redis
 import redis.asyncio as aredis
 
 from streamproc.analytics.kpis import average_cents
@@ -55,6 +56,22 @@ def read_card(raw: bytes | str | None) -> CustomerCard:
         return CustomerCard(0, "", "", "", "")
     orders, first, last, order_id, name = parts
     return CustomerCard(int(orders), first, last, order_id, name)
+
+
+def boards_before_cards(client: redis.Redis, keys: Keys) -> list[str]:
+    """The currencies whose customer figures are still in the layout before cards (`<id>:n`,
+    `<id>:name`, …: every field has a colon, a card's is a bare id); a rebuild rewrites them.
+
+    A few random fields per currency: O(1), for a check at start-up.
+    """
+    old = []
+    for currency in sorted(text(c) for c in client.smembers(keys.leaderboard_currencies())):
+        fields = cast(
+            list[bytes], client.hrandfield(keys.leaderboard(currency, "customer_info"), 5)
+        )
+        if any(":" in text(field) for field in fields or []):
+            old.append(currency)
+    return old
 
 
 class CustomerStanding(msgspec.Struct):
