@@ -303,7 +303,7 @@ def streamproc_outcome(client: redis.Redis, log: Path) -> Outcome:
     for key in set(client.scan_iter(match=keys.order_pattern, count=1000)):
         state, history, created = client.hmget(key, ["s", "h", "c"])
         states[key.decode()[len(prefix) :]] = state.decode()
-        last_ms = max(last_ms, order_timeline(history.decode(), created.decode(), None)[1])
+        last_ms = max(last_ms, order_timeline(history, created, None)[1])
     stock = {
         r.sku: (r.initial, r.available, r.reserved, r.committed) for r in show_stock(client, keys)
     }

@@ -65,7 +65,7 @@ def _histories(client: redis.Redis, keys: Keys) -> list[list[int]]:
             pipe.hmget(key, "h", "c")
         for history, created in pipe.execute():
             if history:
-                steps, _ = order_timeline(history.decode(), created.decode(), None)
+                steps, _ = order_timeline(history, created, None)
                 out.append([step.at_ms for step in steps])
         batch.clear()
 

@@ -61,10 +61,6 @@ def _history(steps: list[TimelineStep]) -> str:
     return ";".join(f"{step.state}@{iso_ms(step.at_ms)}" for step in steps)
 
 
-def _text(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.decode()
-
-
 def iter_orders(client: redis.Redis, keys: Keys, page: int = 500) -> Iterator[ExportedOrder]:
     """Every order in the namespace (SCAN order, pages of `page`), with its gateway charge count."""
     prefix = keys.order_prefix.encode()
@@ -97,7 +93,7 @@ def _load(
         if payload is None:
             continue  # deleted between SCAN and read
         order = decode_order(payload)
-        steps, updated_ms = order_timeline(_text(history), _text(created), _text(updated))
+        steps, updated_ms = order_timeline(history, created, updated)
         yield ExportedOrder(
             order_id=order_id,
             state=(state or b"").decode(),

@@ -46,13 +46,6 @@ class StoredOrder(msgspec.Struct):
     payment: PaymentRecord
 
 
-def stored_history(history: str | None, created: str | None) -> str:
-    """The order's history: ingest stores a new order without one (it is pending since c)."""
-    if history is not None:
-        return history
-    return f"pending@{created}" if created else ""
-
-
 def parse_timeline(raw: str, created_ms: int = 0) -> list[TimelineStep]:
     """`state@t;state@t` → steps, oldest first; t is `+<ms after created_ms>` (lib/order.lua) or,
     in histories written before steps were relative, absolute ms."""
@@ -69,18 +62,24 @@ def parse_timeline(raw: str, created_ms: int = 0) -> list[TimelineStep]:
 
 
 def order_timeline(
-    history: str | None, created: str | None, updated: str | None
+    history: bytes | str | None, created: bytes | str | None, updated: bytes | str | None
 ) -> tuple[list[TimelineStep], int]:
-    """The stored fields h, c and u as the timeline and the time of the last change (ms).
+    """The stored fields h, c and u (as read: bytes, str or None) as the timeline and the time of
+    the last change (ms).
 
-    The scripts no longer store u: the last step's time is the update time. Hashes written before
-    have a u equal to that step's time, so the step is read first either way.
+    ingest.lua stores a new order without h: it is pending since c. The scripts no longer store
+    u: the last step's time is the update time. Hashes written before have a u equal to that
+    step's time, so the step is read first either way.
     """
-    created_ms = int(created) if created and created.isdigit() else 0
-    steps = parse_timeline(stored_history(history, created), created_ms)
+    created_text, updated_text = text(created), text(updated)
+    created_ms = int(created_text) if created_text.isdigit() else 0
+    if history is not None:
+        steps = parse_timeline(text(history), created_ms)
+    else:
+        steps = [TimelineStep("pending", created_ms)] if created_text else []
     if steps:
         return steps, steps[-1].at_ms
-    return steps, int(updated) if updated and updated.isdigit() else created_ms
+    return steps, int(updated_text) if updated_text.isdigit() else created_ms
 
 
 def _payment(record: bytes | None, charges: bytes | None) -> PaymentRecord:
@@ -111,9 +110,7 @@ async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> 
         return None
     # ingest.lua leaves a, k and h out of a new order's hash: these are their values.
     attempt = int(attempt_raw or 1)
-    timeline, updated_ms = order_timeline(
-        None if history is None else text(history), text(created) or None, text(updated) or None
-    )
+    timeline, updated_ms = order_timeline(history, created, updated)
     record = ledger
     if attempt > 1:  # re-submitted orders are charged under an attempt-suffixed key
         record = await client.hget(keys.gateway_ledger, idempotency_key(order_id, attempt))

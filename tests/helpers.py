@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -242,6 +243,27 @@ def spawn_cli(
     finally:
         if log is not None:
             log.close()  # the child holds its own copy of the descriptor
+
+
+def consume_start_line(env: dict[str, str], needle: str, timeout: float = 20) -> str:
+    """Start `consume --stage reserve`, return the first stderr line holding `needle` ("" if none
+    came within `timeout` s), and stop it: for the warnings a consumer gives at start-up."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamproc", "consume", "--stage", "reserve"],
+        env=_child_env(env),
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    timer = threading.Timer(timeout, proc.terminate)  # a consumer that never says it is stopped too
+    timer.start()
+    try:
+        assert proc.stderr is not None
+        return next((ln for ln in iter(proc.stderr.readline, "") if needle in ln), "")
+    finally:
+        timer.cancel()
+        proc.terminate()
+        proc.communicate(timeout=30)
 
 
 def stop_procs(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 10) -> list[int]:

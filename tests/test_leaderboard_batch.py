@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
-import threading
 from typing import Any
 
 import pytest
@@ -28,6 +25,7 @@ from streamproc.keys import BOARDS
 from streamproc.models import Line, Order, encode_order
 from streamproc.settings import Settings
 from streamproc.transport import Decision, StageStream, ensure_groups
+from tests.helpers import consume_start_line
 from tests.support import KEYS
 
 
@@ -261,20 +259,6 @@ def test_consume_warns_about_customer_figures_written_before_cards(
     r.hset(KEYS.leaderboard("EUR", "customer_info"), "6", "1|d|d|T|Six")
     r.hset(KEYS.leaderboard("USD", "customer_info"), mapping={"5:n": "2", "5:name": "Old"})
     assert boards_before_cards(r, KEYS) == ["USD"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamproc", "consume", "--stage", "reserve"],
-        env=sp_env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    timer = threading.Timer(20, proc.terminate)  # a consumer that never warns is stopped too
-    timer.start()
-    try:
-        assert proc.stderr is not None
-        seen = next((ln for ln in iter(proc.stderr.readline, "") if "leaderboard" in ln), "")
-    finally:
-        timer.cancel()
-        proc.terminate()
-        proc.communicate(timeout=30)
+    seen = consume_start_line(sp_env, "leaderboard")
     assert "the USD customer leaderboard" in seen and "leaderboard rebuild" in seen
     assert "EUR" not in seen

@@ -3,9 +3,6 @@ the servers streamproc starts, and a warning from `consume` when a server lacks 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +10,7 @@ import redis
 
 from streamproc.keys import Keys
 from streamproc.server_settings import HASH_LISTPACK_VALUE, RECOMMENDED, shortfalls
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, consume_start_line
 
 
 def _conf_lines() -> dict[str, str]:
@@ -48,19 +45,5 @@ def test_consume_warns_about_a_server_with_the_default(
     (found,) = shortfalls(r)
     assert "hash-max-listpack-value is 64" in found
     # The warning comes at start, before any work; then the consumer is stopped.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamproc", "consume", "--stage", "reserve"],
-        env=sp_env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    timer = threading.Timer(20, proc.terminate)  # a consumer that never warns is stopped too
-    timer.start()
-    try:
-        assert proc.stderr is not None
-        seen = next((ln for ln in iter(proc.stderr.readline, "") if "listpack" in ln), "")
-    finally:
-        timer.cancel()
-        proc.terminate()
-        proc.communicate(timeout=30)
+    seen = consume_start_line(sp_env, "listpack")
     assert "hash-max-listpack-value is 64" in seen

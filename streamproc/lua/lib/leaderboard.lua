@@ -150,23 +150,26 @@ local function lb_scores(board, ids, from, to, sums, args)
 end
 
 -- Writes one board and its info hash for a currency's ids, LB_CHUNK ids at a time: their new
--- scores, then one HMGET of three info fields per id (`suffixes` and the latest key ":k") and
+-- scores, then one HMGET of each id's info fields (the id followed by each of `suffixes`) and
 -- one HSET of what `settle` decides to change (settle returns the new length of the HSET list).
 local function lb_flush_board(board, info, suffixes, ids, count, sums, scratch, settle)
+  local k = #suffixes
   for from = 1, count, LB_CHUNK do
     local to = math.min(from + LB_CHUNK - 1, count)
     lb_scores(board, ids, from, to, sums, scratch[1])
     local fields, f = scratch[2], 0
     for i = from, to do
       local id = ids[i]
-      fields[f + 1], fields[f + 2], fields[f + 3] = id .. suffixes[1], id .. suffixes[2], id .. ":k"
-      f = f + 3
+      for x = 1, k do
+        fields[f + x] = id .. suffixes[x]
+      end
+      f = f + k
     end
     local have = redis.call("HMGET", info, unpack(fields, 1, f))
     local sets, m = scratch[3], 0
     for i = from, to do
       local id = ids[i]
-      m = settle(info, sets, m, fields, (i - from) * 3, have, id, sums[id])
+      m = settle(info, sets, m, fields, (i - from) * k, have, id, sums[id])
     end
     if m > 0 then
       redis.call("HSET", info, unpack(sets, 1, m))
@@ -194,31 +197,19 @@ local function lb_card_read(card)
   return tonumber(orders) or 0, first, key, name
 end
 
--- Writes the customer board and the cards of a currency's ids, LB_CHUNK ids at a time: their
--- new scores, then one HMGET and one HSET of their cards. The order count is a Lua number: exact
--- up to 2^53 orders of one customer, which no store will ever hold.
-local function lb_flush_customers(board, info, ids, count, sums, scratch)
-  for from = 1, count, LB_CHUNK do
-    local to = math.min(from + LB_CHUNK - 1, count)
-    lb_scores(board, ids, from, to, sums, scratch[1])
-    local have = redis.call("HMGET", info, unpack(ids, from, to))
-    local sets, m = scratch[3], 0
-    for i = from, to do
-      local id = ids[i]
-      local s = sums[id]
-      local orders, first, key, name = lb_card_read(have[i - from + 1])
-      if not first or s[3] < first then
-        first = s[3]
-      end
-      if not key or s[4] > key then
-        key, name = s[4], s[5]
-      end
-      sets[m + 1] = id
-      sets[m + 2] = lb_format("%.0f", orders + s[2]) .. "|" .. first .. "|" .. key .. "|" .. name
-      m = m + 2
-    end
-    redis.call("HSET", info, unpack(sets, 1, m))
+-- A customer's sums {cents, orders, first date, latest key, name} added to their card. The order
+-- count is a Lua number: exact up to 2^53 orders of one customer, which no store will ever hold.
+local function lb_settle_customer(info, sets, m, fields, j, have, id, s)
+  local orders, first, key, name = lb_card_read(have[j + 1])
+  if not first or s[3] < first then
+    first = s[3]
   end
+  if not key or s[4] > key then
+    key, name = s[4], s[5]
+  end
+  sets[m + 1] = fields[j + 1]
+  sets[m + 2] = lb_format("%.0f", orders + s[2]) .. "|" .. first .. "|" .. key .. "|" .. name
+  return m + 2
 end
 
 -- A SKU's sums {units, cents, orders, latest named key, name}: revenue, count, latest.
@@ -240,8 +231,9 @@ local function lb_flush(batch)
   for _, cur in ipairs(curs) do
     local c = batch[4][cur]
     local board = prefix .. cur .. ":"
-    lb_flush_customers(board .. "customers", board .. "customer_info", c[1], c[5], c[2], scratch)
-    lb_flush_board(board .. "products", board .. "product_info", { ":r", ":n" }, c[3], c[6],
+    lb_flush_board(board .. "customers", board .. "customer_info", { "" }, c[1], c[5], c[2],
+      scratch, lb_settle_customer)
+    lb_flush_board(board .. "products", board .. "product_info", { ":r", ":n", ":k" }, c[3], c[6],
       c[4], scratch, lb_settle_product)
   end
   redis.call("SADD", batch[2], unpack(curs))
