@@ -112,14 +112,24 @@ def durability(client: redis.Redis) -> dict[str, str]:
     return {"appendonly": str(config["appendonly"]), "appendfsync": str(config["appendfsync"])}
 
 
-def measure_size(rows: int, seed: int, appendfsync: str, batch_size: int) -> dict[str, Any]:
-    """Generate, ingest and check one size on a fresh server; the generated file is deleted."""
+def measure_size(
+    rows: int,
+    seed: int,
+    appendfsync: str,
+    batch_size: int,
+    server_config: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Generate, ingest and check one size on a fresh server; the generated file is deleted.
+
+    `server_config` is applied with CONFIG SET before the import (default: none)."""
     work = Path(tempfile.mkdtemp(prefix="sp-ingest-"))
     try:
         csv_path = work / "orders.csv"
         orders, gen_seconds = generate(csv_path, rows, seed)
         with private_server(appendfsync) as url:
             client = redis.Redis.from_url(url)
+            for name, value in (server_config or {}).items():
+                client.config_set(name, value)
             conditions = durability(client)
             server_pid = int(client.info("server")["process_id"])
             server_cpu = process_cpu_seconds(server_pid)
@@ -166,16 +176,22 @@ def measure_size(rows: int, seed: int, appendfsync: str, batch_size: int) -> dic
             cpu_seconds=cpu,
             cpu_us_per_row={name: round(value / rows * 1e6, 2) for name, value in cpu.items()},
         )
-        return {**asdict(result), "durable": conditions}
+        return {**asdict(result), "durable": conditions, "server_config": server_config or {}}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def measure(
-    sizes: list[int], seed: int = 7, appendfsync: str = "everysec", batch_size: int = 500
+    sizes: list[int],
+    seed: int = 7,
+    appendfsync: str = "everysec",
+    batch_size: int = 500,
+    server_config: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every size, one after the other, each on its own fresh server."""
-    return [measure_size(rows, seed, appendfsync, batch_size) for rows in sizes]
+    return [
+        measure_size(rows, seed, appendfsync, batch_size, server_config) for rows in sizes
+    ]
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -206,9 +222,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="ingest --batch-size")
     parser.add_argument("--name", default="ingest", help="results/NAME.json")
     parser.add_argument("--output", type=Path, help="JSON file instead of results/NAME.json")
+    parser.add_argument(
+        "--server-config",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="CONFIG SET on the private server first (repeatable), e.g. to try AOF settings",
+    )
     args = parser.parse_args()
     sizes = QUICK_ROWS if args.quick else args.rows
-    results = measure(sizes, args.seed, args.appendfsync, args.batch_size)
+    config = dict(item.split("=", 1) for item in args.server_config)
+    results = measure(sizes, args.seed, args.appendfsync, args.batch_size, config)
     save(args.name, {"benchmark": "ingest", "machine": machine(), "results": results}, args.output)
     print()
     print(table(results))
