@@ -98,8 +98,21 @@ class Keys:
 
     @property
     def notification_index_prefix(self) -> str:
-        """Start of every notification_index key name."""
+        """Start of every notification_index (and notification_sent_stream) key name."""
         return f"{self._pipe}:notifications:ix:"
+
+    def notification_sent_stream(self, kind: str, channel: str) -> str:
+        """Stream of the records of one type and channel sent at their first attempt, each entry
+        (id = creation score as `<ms>-<tie-breaker>`, field i = order id) standing in for their
+        member of the sent set: ~25 bytes instead of ~130. Scripts build the name from
+        notification_index_prefix (lua/lib/notification.lua), so the two must agree."""
+        return f"{self.notification_index_prefix}{kind}:{channel}:sent:stream"
+
+    @property
+    def notification_sent_days(self) -> str:
+        """Hash `<type>:<channel>:<epoch day>` → entries of that sent stream created that UTC day
+        (the totals over dates, which a stream cannot count)."""
+        return f"{self.notification_index_prefix}days"
 
     def notification_customer(self, customer_id: int) -> str:
         """Sorted set record id → creation score of one customer's records."""

@@ -5,6 +5,10 @@ Layout (key names in streamproc/keys.py, all in the pipeline's slot):
 - 12 index sets, one per (type, channel, status): id → creation score. A record is in exactly one,
   moved when its status changes, in the same script; so the stats are their sizes (O(1)) and a
   filtered page merges at most 12 time-ordered sets from the cursor on;
+- but a record sent at its first attempt (nearly all) is in the sent stream of its type and
+  channel instead: appended in score order with its score as entry id, never moved, ~25 bytes
+  instead of a set member's ~130. Pages merge the streams with the sets; their sizes per UTC day
+  (the days hash) give totals over dates; a record's score is also in its customer's set;
 - a set per customer (id → the same score), for the customer filter;
 - the schedule: id → when a pending record is due (a retry, a resend, or a lease expiry);
 - leases: id → owner|expiry while a consumer attempts an existing record, and
@@ -47,6 +51,9 @@ from streamproc.notifications import (
 from streamproc.replies import text
 
 COMBINATIONS: tuple[tuple[str, str, str], ...] = tuple(itertools.product(TYPES, CHANNELS, STATUSES))
+# The (type, channel) of each sent stream: records sent at their first attempt.
+SENT_STREAMS: tuple[tuple[str, str], ...] = tuple(itertools.product(TYPES, CHANNELS))
+DAY_MS = 86_400_000
 EXPIRE_BATCH = 1000
 RESEND_TRIES = 3
 
@@ -147,6 +154,7 @@ class NotificationStore:
         self._records = keys.notifications
         self._leases = keys.notification_leases
         self._schedule = keys.notification_schedule
+        self._days = keys.notification_sent_days
 
     # -- consumers ------------------------------------------------------------------------------
     async def claim(
@@ -193,7 +201,13 @@ class NotificationStore:
                 item.due_ms,
                 item.record.created_ms if item.first else 0,
             )
-        keys = [self._records, self._leases, self._schedule, self.keys.notification_clock]
+        keys = [
+            self._records,
+            self._leases,
+            self._schedule,
+            self.keys.notification_clock,
+            self._days,
+        ]
         reply = await self.scripts.run("notify_settle", keys, args)
         if self.metrics is not None:
             # sent (found written by an attempt that died before saying so, too), or failed
@@ -214,7 +228,7 @@ class NotificationStore:
 
     async def expire(self, cutoff_ms: int) -> int:
         """Drop every record created before `cutoff_ms`, with its index entries; how many."""
-        keys = [self._records, self._leases, self._schedule, *self._index_keys()]
+        keys = [self._records, self._leases, self._schedule, self._days, *self._index_keys()]
         args = [cutoff_ms * SCORE_PER_MS, EXPIRE_BATCH, self.keys.notification_customer_prefix]
         dropped = 0
         while True:
@@ -241,7 +255,7 @@ class NotificationStore:
             ]
         reply = await self.scripts.run(
             "notify_list",
-            [self._records, self._schedule, *sets],
+            [self._records, self._schedule, self._days, *sets],
             [hi, lo, query.limit, *filters, top],
         )
         cursor, total, rest = text(reply[0]), int(reply[1]), reply[2:]
@@ -261,27 +275,48 @@ class NotificationStore:
         ]
         pipe = self.client.pipeline(transaction=False)
         for rid, record in found:
+            # A record sent at its first attempt is in a sent stream, which has no lookup by id:
+            # its customer's set holds the same score.
             pipe.zscore(self.index_key(rid, record.status), rid)
+            pipe.zscore(self.keys.notification_customer(record.customer_id), rid)
             pipe.zscore(self._schedule, rid)
         scores = await pipe.execute()
         by_id: dict[str, Notification] = {}
-        for (rid, record), created, due in zip(found, scores[0::2], scores[1::2], strict=True):
+        for (rid, record), indexed, by_customer, due in zip(
+            found, scores[0::3], scores[1::3], scores[2::3], strict=True
+        ):
+            created = indexed if indexed is not None else by_customer
             record.created_ms = created_ms_of(created) if created is not None else 0
             record.due_ms = int(due) if due is not None and record.status == PENDING else 0
             by_id[rid] = record
         return [by_id.get(rid) for rid in record_ids]
 
     async def stats(self, since_ms: int) -> Stats:
-        """Records per (type, channel, status) and created since `since_ms`: 24 O(log n) reads."""
+        """Records per (type, channel, status) and created since `since_ms` (a UTC day's start:
+        the sent streams are counted by day): 28 O(log n) reads and the days hash, in one step."""
+        if since_ms % DAY_MS:
+            raise ValueError(f"stats since {since_ms}: not the start of a UTC day")
         pipe = self.client.pipeline(transaction=True)
         floor = since_ms * SCORE_PER_MS
         for combination in COMBINATIONS:
             key = self.keys.notification_index(*combination)
             pipe.zcard(key)
             pipe.zcount(key, floor, "+inf")
+        for kind, channel in SENT_STREAMS:
+            pipe.xlen(self.keys.notification_sent_stream(kind, channel))
+        pipe.hgetall(self._days)
         replies = await pipe.execute()
-        counts = dict(zip(COMBINATIONS, (int(x) for x in replies[0::2]), strict=True))
-        return Stats(counts, sum(int(x) for x in replies[1::2]))
+        n = 2 * len(COMBINATIONS)
+        sets, lengths, days = replies[:n], replies[n:-1], replies[-1]
+        counts = dict(zip(COMBINATIONS, (int(x) for x in sets[0::2]), strict=True))
+        for (kind, channel), length in zip(SENT_STREAMS, lengths, strict=True):
+            counts[kind, channel, SENT] += int(length)
+        since = sum(int(x) for x in sets[1::2])
+        since_day = since_ms // DAY_MS
+        for field_name, count in days.items():
+            if int(text(field_name).rsplit(":", 1)[1]) >= since_day:
+                since += int(count)
+        return Stats(counts, since)
 
     async def resend(self, record_id: str, now_ms: int) -> tuple[str, Notification | None]:
         """Give a failed record one more attempt, due now: ("ok" | "missing" | status, record).
@@ -326,11 +361,20 @@ class NotificationStore:
     def _index_keys(
         self, kind: str | None = None, channel: str | None = None, status: str | None = None
     ) -> list[str]:
-        return [
+        """The index sets and sent streams holding the records of that type, channel and status
+        (None = any)."""
+        sets = [
             self.keys.notification_index(k, c, s)
             for k, c, s in COMBINATIONS
             if kind in (None, k) and channel in (None, c) and status in (None, s)
         ]
+        if status in (None, SENT):
+            sets += [
+                self.keys.notification_sent_stream(k, c)
+                for k, c in SENT_STREAMS
+                if kind in (None, k) and channel in (None, c)
+            ]
+        return sets
 
     def _read(self, record_id: str, raw: bytes, score: bytes, due: bytes) -> Notification:
         record = decode_record(record_id, raw, created_ms_of(score))

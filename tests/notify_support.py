@@ -11,7 +11,7 @@ import redis
 from streamproc.connection import async_client
 from streamproc.keys import Keys
 from streamproc.lua import AsyncScripts
-from streamproc.notification_store import COMBINATIONS, NotificationStore
+from streamproc.notification_store import COMBINATIONS, SENT_STREAMS, NotificationStore
 from streamproc.notifications import Notification, created_ms_of, decode_record
 
 KEYS = Keys()
@@ -31,30 +31,58 @@ def with_store(url: str, work: Callable[[NotificationStore], Awaitable[T]]) -> T
     return asyncio.run(main())
 
 
+def index_entries(r: redis.Redis) -> dict[str, tuple[tuple[str, str, str], int]]:
+    """Every index entry, set or sent stream: record id → ((type, channel, status), score).
+    Fails when a record is in two."""
+    indexed: dict[str, tuple[tuple[str, str, str], int]] = {}
+
+    def add(record_id: str, combination: tuple[str, str, str], score: int) -> None:
+        assert record_id not in indexed, f"{record_id} is in two indexes"
+        indexed[record_id] = (combination, score)
+
+    for combination in COMBINATIONS:
+        key = KEYS.notification_index(*combination)
+        for record_id, score in r.zrange(key, 0, -1, withscores=True):
+            add(record_id, combination, int(score))
+    for kind, channel in SENT_STREAMS:
+        for entry_id, fields in r.xrange(KEYS.notification_sent_stream(kind, channel)):
+            ms, seq = entry_id.split("-")
+            add(
+                f"{fields['i']}:{kind}:{channel}",
+                (kind, channel, "sent"),
+                int(ms) * 1000 + int(seq),
+            )
+    return indexed
+
+
 def all_records(r: redis.Redis) -> dict[str, Notification]:
     """Every stored record by id, with its creation time from the index it is in."""
     records = {
         record_id: decode_record(record_id, raw.encode())
         for record_id, raw in r.hgetall(KEYS.notifications).items()
     }
-    for combination in COMBINATIONS:
-        for record_id, score in r.zrange(
-            KEYS.notification_index(*combination), 0, -1, withscores=True
-        ):
-            records[record_id].created_ms = created_ms_of(score)
+    for record_id, (_, score) in index_entries(r).items():
+        records[record_id].created_ms = created_ms_of(score)
     return records
 
 
 def assert_indexes_agree(r: redis.Redis) -> None:
-    """Each record is in exactly the index of its type, channel and status, and in its
-    customer's set; each pending record is in the schedule; nothing else is anywhere."""
+    """Each record is in exactly the index (set or sent stream) of its type, channel and status,
+    and in its customer's set with the same score; each pending record is in the schedule; the
+    sent streams' days hash counts their entries; nothing else is anywhere."""
     records = all_records(r)
-    indexed: dict[str, tuple[str, str, str]] = {}
-    for combination in COMBINATIONS:
-        for record_id in r.zrange(KEYS.notification_index(*combination), 0, -1):
-            assert record_id not in indexed, f"{record_id} is in two indexes"
-            indexed[record_id] = combination
+    entries = index_entries(r)
+    indexed = {record_id: combination for record_id, (combination, _) in entries.items()}
     assert set(indexed) == set(records), set(indexed) ^ set(records)
+    for record_id, (_, score) in entries.items():
+        customer_key = KEYS.notification_customer(records[record_id].customer_id)
+        assert r.zscore(customer_key, record_id) == score, record_id
+    days: dict[str, int] = {}
+    for kind, channel in SENT_STREAMS:
+        for entry_id, _ in r.xrange(KEYS.notification_sent_stream(kind, channel)):
+            day = f"{kind}:{channel}:{int(entry_id.split('-')[0]) // 86_400_000}"
+            days[day] = days.get(day, 0) + 1
+    assert {k: int(v) for k, v in r.hgetall(KEYS.notification_sent_days).items()} == days
     for record_id, record in records.items():
         assert indexed[record_id] == (record.notification_type, record.channel, record.status)
     customers: dict[str, str] = {}

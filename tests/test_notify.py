@@ -31,7 +31,7 @@ from streamproc.notifications import (
 )
 from streamproc.settings import Settings
 from streamproc.transport import Decision, Message
-from tests.notify_support import assert_indexes_agree, with_store
+from tests.notify_support import assert_indexes_agree, index_entries, with_store
 
 KEYS = Keys()
 DEAD = "dead-consumer"
@@ -117,7 +117,9 @@ def test_line_written_before_the_crash_is_not_written_again(
     after = stored(r, record.id)
     assert (after.status, after.attempts, after.error_message) == ("sent", 1, "")
     assert after.sent_at.endswith("Z")
-    assert r.zcard(KEYS.notification_index("success", "log", "sent")) == 1
+    # Sent at its first attempt: in the sent stream, not the sent set.
+    assert r.xlen(KEYS.notification_sent_stream("success", "log")) == 1
+    assert r.zcard(KEYS.notification_index("success", "log", "sent")) == 0
     assert r.zcard(KEYS.notification_schedule) == 0
     assert_indexes_agree(r)
 
@@ -274,8 +276,9 @@ def test_first_attempt_writes_only_its_lease_and_is_recovered_after_a_crash(
     after = stored(r, record.id)
     assert (after.status, after.attempts, after.log_offset) == ("sent", 2, -1)
     assert r.hlen(KEYS.notification_leases) == 0
-    (entry,) = r.zrange(KEYS.notification_index("success", "log", "sent"), 0, -1, withscores=True)
-    assert entry == (record.id, start * 1000)  # scored by the claim's time
+    assert index_entries(r) == {record.id: (("success", "log", "sent"), start * 1000)}
+    (entry,) = r.xrange(KEYS.notification_sent_stream("success", "log"))
+    assert entry == (f"{start}-0", {"i": "r1"})  # scored by the claim's time
     assert_indexes_agree(r)
 
 

@@ -4,7 +4,8 @@
 -- nothing is left to filter, each set is read from the cursor on, and the total is a ZCOUNT per
 -- set. With a customer it passes that customer's set and the filters are applied here (type and
 -- channel from the id, status from the record), so the work is bounded by that customer's records.
--- KEYS[1] records hash  KEYS[2] schedule zset  KEYS[3..] index sets to merge
+-- KEYS[1] records hash  KEYS[2] schedule zset  KEYS[3] sent streams' days hash
+-- KEYS[4..] index sets (and sent streams, lib/notification.lua) to merge
 -- ARGV[1] upper score bound of this page ("(<cursor>" after a cursor)  ARGV[2] lower bound
 -- ARGV[3] page size  ARGV[4] type ("" = any)  ARGV[5] channel ("" = any)
 -- ARGV[6] status code p|s|f ("" = any)  ARGV[7] upper bound of the whole listing (for the total)
@@ -31,17 +32,48 @@ local function accept(id)
   return record
 end
 
--- Each set is read a chunk at a time, newest first, below the last score it returned.
+-- A score bound ("-inf", "+inf", "<score>", "(<score>") as a stream range bound.
+local function entry_bound(bound, open_end)
+  if bound == "-inf" or bound == "+inf" then
+    return open_end
+  end
+  if string.sub(bound, 1, 1) == "(" then
+    return "(" .. note_entry_id(string.sub(bound, 2))
+  end
+  return note_entry_id(bound)
+end
+
+-- A chunk of a sent stream, newest first below `hi`, as ZRANGE WITHSCORES gives a set's: id, score.
+local function stream_chunk(s, hi, count)
+  local got = redis.call("XREVRANGE", s.key, entry_bound(hi, "+"), entry_bound(lo, "-"), "COUNT",
+    count)
+  local flat = {}
+  for j, entry in ipairs(got) do
+    flat[2 * j - 1] = entry[2][2] .. s.suffix
+    flat[2 * j] = note_entry_score(entry[1])
+  end
+  return flat
+end
+
+-- Each set (or sent stream) is read a chunk at a time, newest first, below the last score it
+-- returned.
 local sets = {}
-for k = 3, #KEYS do
-  sets[#sets + 1] = { key = KEYS[k], hi = ARGV[1], buf = {}, pos = 1, last = false }
+for k = 4, #KEYS do
+  local kind, channel = note_stream_kind(KEYS[k])
+  sets[#sets + 1] = { key = KEYS[k], hi = ARGV[1], buf = {}, pos = 1, last = false,
+    suffix = kind and (":" .. kind .. ":" .. channel) }
 end
 local function head(s)
   if s.pos > #s.buf then
     if s.last then
       return nil
     end
-    local got = redis.call("ZRANGE", s.key, s.hi, lo, "BYSCORE", "REV", "LIMIT", 0, chunk, "WITHSCORES")
+    local got
+    if s.suffix then
+      got = stream_chunk(s, s.hi, chunk)
+    else
+      got = redis.call("ZRANGE", s.key, s.hi, lo, "BYSCORE", "REV", "LIMIT", 0, chunk, "WITHSCORES")
+    end
     s.buf, s.pos, s.last = got, 1, #got < 2 * chunk
     if #got == 0 then
       return nil
@@ -49,6 +81,54 @@ local function head(s)
     s.hi = "(" .. got[#got]
   end
   return s.buf[s.pos], s.buf[s.pos + 1]
+end
+
+-- How many entries of a sent stream are scored in [lo, top): its length when unbounded, the days
+-- hash's counts when both bounds are day starts (the API's dates), else counted a chunk at a time.
+local DAY_SCORE = 86400000 * 1000
+
+-- The day number of a score that starts a UTC day (an infinite bound stays), else nil.
+local function whole_days(score)
+  if score == math.huge or score == -math.huge then
+    return score
+  end
+  if score and score % DAY_SCORE == 0 then
+    return score / DAY_SCORE
+  end
+  return nil
+end
+
+local function stream_count(s, top)
+  if lo == "-inf" and top == "+inf" then
+    return redis.call("XLEN", s.key)
+  end
+  -- Day starts: lo inclusive (or none), top exclusive (or none), as the API passes dates.
+  local from = whole_days(lo == "-inf" and -math.huge or tonumber(lo))
+  local to = whole_days(top == "+inf" and math.huge or
+    (string.sub(top, 1, 1) == "(" and tonumber(string.sub(top, 2)) or nil))
+  if from and to then
+    local prefix = string.sub(s.suffix, 2) .. ":"
+    local days = redis.call("HGETALL", KEYS[3])
+    local total = 0
+    for i = 1, #days, 2 do
+      if string.sub(days[i], 1, #prefix) == prefix then
+        local day = tonumber(string.sub(days[i], #prefix + 1))
+        if day and day >= from and day < to then
+          total = total + tonumber(days[i + 1])
+        end
+      end
+    end
+    return total
+  end
+  local total, upper = 0, top
+  while true do
+    local got = stream_chunk(s, upper, 500)
+    total = total + #got / 2
+    if #got < 1000 then
+      return total
+    end
+    upper = "(" .. got[#got]
+  end
 end
 
 local items, count, next_cursor = {}, 0, ""
@@ -80,8 +160,10 @@ while true do
 end
 
 local total = 0
-for k = 3, #KEYS do
-  if not filtered then
+for k = 4, #KEYS do
+  if sets[k - 3].suffix then
+    total = total + stream_count(sets[k - 3], ARGV[7])
+  elseif not filtered then
     total = total + redis.call("ZCOUNT", KEYS[k], lo, ARGV[7])
   else
     local upper = ARGV[7]

@@ -3,8 +3,9 @@
 -- agreement:
 --   create  a first attempt (notify_claim.lua said new or recover): store the record once, with
 --           its outcome (sent, failed, or pending with a retry due); add it to the index of that
---           status and to its customer's set, scored by its creation; due on the schedule when
---           pending; lease released. Refused when a record exists already.
+--           status (sent: its sent stream, lib/notification.lua) and to its customer's set,
+--           scored by its creation; due on the schedule when pending; lease released. Refused
+--           when a record exists already.
 --   begin   store the record (attempts + 1, the log's offset) before a retried send
 --   sent    store it sent; pending -> sent index; off the schedule; lease released
 --   retry   store it (error, attempts) still pending; due again at the given time; lease released
@@ -12,7 +13,7 @@
 -- A record that is no longer pending, or whose lease another consumer took (this one was too
 -- slow and the record was attempted again), is left alone: that attempt's outcome stands.
 -- KEYS[1] records hash  KEYS[2] leases hash  KEYS[3] schedule zset
--- KEYS[4] score clock (last creation score handed out)
+-- KEYS[4] score clock (last creation score handed out)  KEYS[5] sent streams' days hash
 -- ARGV[1] owner  ARGV[2] index key prefix  ARGV[3] customer index key prefix
 -- then 5 per item: record id, op (create | begin | sent | retry | failed), the record to store,
 -- due (ms; retry, and create of a pending record), created (ms; create only)
@@ -23,6 +24,26 @@ local n = (#ARGV - 3) / 5
 local TO = { sent = "s", failed = "f" }
 local clock, clock_before = nil, nil
 local out = {}
+local days, day_fields = {}, {} -- the days hash's increments, written once after the batch
+
+-- Append a record sent at its first attempt to its sent stream; false when the stream refuses
+-- the id (its last entry is not older: the clock key was lost), and then the set takes it.
+local function sent_stream(id, score)
+  local kind, channel = string.match(id, ":(%a+):(%a+)$")
+  local added = redis.pcall("XADD", note_sent_stream(ix_prefix, id), note_entry_id(score), "i",
+    string.sub(id, 1, #id - #kind - #channel - 2))
+  if type(added) == "table" and added.err then
+    return false
+  end
+  local field = note_day_field(kind, channel, score)
+  if not days[field] then
+    days[field] = 0
+    day_fields[#day_fields + 1] = field
+  end
+  days[field] = days[field] + 1
+  return true
+end
+
 for i = 1, n do
   local b = 3 + 5 * (i - 1)
   local id, op, record, due, created = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
@@ -45,7 +66,9 @@ for i = 1, n do
       clock = math.max(tonumber(created) * 1000, clock + 1)
       local score = string.format("%.0f", clock)
       local status = note_status(record)
-      redis.call("ZADD", note_index(ix_prefix, id, status), score, id)
+      if status ~= "s" or not sent_stream(id, score) then
+        redis.call("ZADD", note_index(ix_prefix, id, status), score, id)
+      end
       redis.call("ZADD", customer_prefix .. note_customer(record), score, id)
       if status == "p" then
         redis.call("ZADD", KEYS[3], due, id)
@@ -70,6 +93,9 @@ for i = 1, n do
       out[i] = 1
     end
   end
+end
+for _, field in ipairs(day_fields) do
+  redis.call("HINCRBY", KEYS[5], field, days[field])
 end
 if clock and clock ~= clock_before then
   redis.call("SET", KEYS[4], string.format("%.0f", clock))

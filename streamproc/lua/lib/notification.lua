@@ -17,6 +17,44 @@ local function note_index(prefix, id, code)
   return prefix .. kind .. ":" .. channel .. ":" .. NOTE_STATUS[code]
 end
 
+-- Records sent at their first attempt (nearly all) are indexed in a stream per type and channel
+-- instead of the sent set: created in score order (the clock only grows), they are appended with
+-- their score as the entry id (`<ms>-<tie-breaker>`) and never move, so an entry (~25 bytes)
+-- stands in for a sorted-set member (~130). Entries hold the order id (field i); the stream's name
+-- holds the type and channel. Sizes per UTC day of creation, for totals over dates, are kept in
+-- the days hash (`<type>:<channel>:<epoch day>` -> entries). Records that reach sent later stay
+-- in the sent set, so a listing merges both.
+local NOTE_DAY_MS = 86400000
+
+-- The sent stream of the records of `id`'s type and channel.
+local function note_sent_stream(prefix, id)
+  local kind, channel = string.match(id, ":(%a+):(%a+)$")
+  return prefix .. kind .. ":" .. channel .. ":sent:stream"
+end
+
+-- The type and channel of a sent stream, from its name.
+local function note_stream_kind(key)
+  return string.match(key, ":(%a+):(%a+):sent:stream$")
+end
+
+-- A score's entry id, and back: score = ms x 1000 + tie-breaker (below 2^53, exact in Lua).
+local function note_entry_id(score)
+  local n = tonumber(score)
+  local ms = math.floor(n / 1000)
+  return string.format("%.0f-%d", ms, n - ms * 1000)
+end
+
+local function note_entry_score(entry_id)
+  local ms, seq = string.match(entry_id, "^(%d+)-(%d+)$")
+  return string.format("%.0f", tonumber(ms) * 1000 + tonumber(seq))
+end
+
+-- The days hash field of an entry of a stream of type `kind` and channel `channel`.
+local function note_day_field(kind, channel, score)
+  local day = math.floor(tonumber(score) / 1000 / NOTE_DAY_MS)
+  return kind .. ":" .. channel .. ":" .. string.format("%d", day)
+end
+
 -- Move record `id` from the index of status `from` to that of `to`, keeping its score.
 local function note_move(prefix, id, from, to)
   local old = note_index(prefix, id, from)
