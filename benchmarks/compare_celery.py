@@ -46,7 +46,7 @@ import redis
 
 from benchmarks.common import machine, private_server, save
 from benchmarks.generate import write_orders
-from streamproc.gateway import simulated_outcome
+from streamproc.gateway import idempotency_key, ledger_keys, simulated_outcome, successful_charges
 from streamproc.keys import Keys
 from streamproc.orderview import order_timeline
 from streamproc.stock import show_stock
@@ -298,11 +298,17 @@ def streamproc_outcome(client: redis.Redis, log: Path) -> Outcome:
     """States, counters, charges, stock and notifications of the streamproc run."""
     keys = Keys()
     states: dict[str, str] = {}
+    charges: dict[str, int] = {}
     last_ms = 0
     prefix = keys.order_prefix
+    ledger = {k.decode(): v for k, v in client.hgetall(keys.gateway_ledger).items()}
     for key in set(client.scan_iter(match=keys.order_pattern, count=1000)):
-        state, history, created = client.hmget(key, ["s", "h", "c"])
-        states[key.decode()[len(prefix) :]] = state.decode()
+        state, attempt, history, created = client.hmget(key, ["s", "a", "h", "c"])
+        order_id = key.decode()[len(prefix) :]
+        states[order_id] = state.decode()
+        # The gateway keeps no charge counter: count the order's keys whose first result is ok.
+        attempt_keys = ledger_keys(order_id, int(attempt or 1))
+        charges[order_id] = successful_charges(ledger.get(k) for k in attempt_keys)
         last_ms = max(last_ms, order_timeline(history, created, None)[1])
     stock = {
         r.sku: (r.initial, r.available, r.reserved, r.committed) for r in show_stock(client, keys)
@@ -310,7 +316,7 @@ def streamproc_outcome(client: redis.Redis, log: Path) -> Outcome:
     return Outcome(
         states=states,
         counts=_int_hash(client, keys.state_counts),
-        charges=_int_hash(client, keys.gateway_charges),
+        charges=charges,
         stock=stock,
         notifications=_json_lines(log),
         last_terminal_ms=last_ms,
@@ -466,7 +472,8 @@ def _audit_payments(setup: Setup, out: Outcome) -> list[str]:
         if charges != (1 if state == "completed" else 0):
             problems.append(f"INV-P {order_id} is {state} with {charges} charges")
         if state in ("completed", "rolled_back"):
-            approved = simulated_outcome(setup.payment_seed, f"pay:{order_id}", setup.success_rate)
+            key = idempotency_key(order_id, 1)
+            approved = simulated_outcome(setup.payment_seed, key, setup.success_rate)
             if approved != (state == "completed"):
                 problems.append(f"INV-P {order_id} is {state}, the gateway says {approved}")
     return problems

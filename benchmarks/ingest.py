@@ -189,9 +189,7 @@ def measure(
     server_config: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every size, one after the other, each on its own fresh server."""
-    return [
-        measure_size(rows, seed, appendfsync, batch_size, server_config) for rows in sizes
-    ]
+    return [measure_size(rows, seed, appendfsync, batch_size, server_config) for rows in sizes]
 
 
 def table(results: list[dict[str, Any]]) -> str:

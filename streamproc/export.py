@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from itertools import islice
 from typing import IO
 
 import msgspec
 import redis
 
 from streamproc.clock import iso_ms
+from streamproc.gateway import ledger_keys, successful_charges
 from streamproc.keys import Keys
 from streamproc.models import decode_order
 from streamproc.money import format_cents
@@ -62,7 +64,8 @@ def _history(steps: list[TimelineStep]) -> str:
 
 
 def iter_orders(client: redis.Redis, keys: Keys, page: int = 500) -> Iterator[ExportedOrder]:
-    """Every order in the namespace (SCAN order, pages of `page`), with its gateway charge count."""
+    """Every order in the namespace (SCAN order, pages of `page`), with its successful charges
+    counted from the gateway's ledger."""
     prefix = keys.order_prefix.encode()
     batch: list[bytes] = []
     # SCAN may return a key twice while the keyspace rehashes; an audit must list each order once.
@@ -87,8 +90,11 @@ def _load(
         pipe.hmget(key, list(_FIELDS))
     rows = pipe.execute()
     ids = [key[len(prefix) :].decode() for key in batch]
-    charges = client.hmget(keys.gateway_charges, ids)
-    for order_id, row, charged in zip(ids, rows, charges, strict=True):
+    # Every ledger key of the page's orders (attempts 1..a each) in one HMGET, read back in order.
+    per_order = [ledger_keys(oid, int(row[1] or 1)) for oid, row in zip(ids, rows, strict=True)]
+    records = iter(client.hmget(keys.gateway_ledger, [k for ks in per_order for k in ks]))
+    for order_id, row, ledger in zip(ids, rows, per_order, strict=True):
+        charged = successful_charges(islice(records, len(ledger)))
         state, attempt, payload, payment, created, updated, history = row
         if payload is None:
             continue  # deleted between SCAN and read
@@ -108,7 +114,7 @@ def _load(
                 ExportLine(ln.sku, ln.name, ln.quantity, ln.unit_price_cents) for ln in order.lines
             ],
             payment=(payment or b"").decode(),
-            charges=int(charged or 0),
+            charges=charged,
             attempts=int(attempt or 1),
             created_at=_iso(created),
             updated_at=iso_ms(updated_ms) if updated_ms else "",

@@ -3,6 +3,9 @@
 The outcome of a key is a pure function of (seed, key), so a run is reproducible; the ledger keeps
 the first result recorded for a key, so a retry of the same key never charges twice. Calls are
 asynchronous: a batch sleeps the configured latency concurrently with every other batch in flight.
+
+A key is charged exactly when its first result is recorded as `ok`, so the ledger alone tells how
+many successful charges an order had (ledger_keys, successful_charges): no counter is kept.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from streamproc.keys import Keys
@@ -21,6 +24,22 @@ from streamproc.metrics import ConsumerMetrics
 def idempotency_key(order_id: str, attempt: int) -> str:
     """`pay:<order_id>`, suffixed with the attempt for orders re-submitted by `ingest --force`."""
     return f"pay:{order_id}" if attempt <= 1 else f"pay:{order_id}:{attempt}"
+
+
+def ledger_keys(order_id: str, attempt: int) -> list[str]:
+    """The idempotency keys of an order's attempts 1..attempt: every key it can be charged under."""
+    return [idempotency_key(order_id, n) for n in range(1, max(attempt, 1) + 1)]
+
+
+def successful_charges(records: Iterable[bytes | str | None]) -> int:
+    """How many of these ledger results (None: key never called) are approvals, i.e. charges."""
+    count = 0
+    for record in records:
+        if isinstance(record, bytes):
+            count += record.startswith(b"ok:")
+        elif record is not None:
+            count += record.startswith("ok:")
+    return count
 
 
 def simulated_outcome(seed: int, key: str, success_rate: float) -> bool:
@@ -85,8 +104,8 @@ class PaymentGateway:
             args: list[object] = [int(time.time() * 1000), len(charges)]
             for c in charges:
                 ok = simulated_outcome(self.seed, c.key, self.success_rate)
-                args += [c.key, c.order_id, c.amount_cents, c.currency, "ok" if ok else "declined"]
-            keys = [self.keys.gateway_ledger, self.keys.gateway_charges, self.keys.gateway_stats]
+                args += [c.key, c.amount_cents, c.currency, "ok" if ok else "declined"]
+            keys = [self.keys.gateway_ledger, self.keys.gateway_stats]
             raw = await self.scripts.run("gateway_charge", keys, args)
         except Exception:
             if self.metrics is not None:

@@ -224,11 +224,6 @@ class Keys:
         return f"{self._gateway}:ledger"
 
     @property
-    def gateway_charges(self) -> str:
-        """Hash order id → number of successful charges the gateway applied."""
-        return f"{self._gateway}:charges"
-
-    @property
     def gateway_stats(self) -> str:
         """Hash of gateway counters (calls, peak in flight) for tests and status."""
         return f"{self._gateway}:stats"

@@ -1,11 +1,15 @@
-"""One order as stored: its state, payload, payment record and timeline, read in one round trip."""
+"""One order as stored: its state, payload, payment record and timeline.
+
+One round trip; a re-submitted order (attempt > 1) takes a second one for its later attempts'
+ledger keys, whose number only the first reply tells.
+"""
 
 from __future__ import annotations
 
 import msgspec
 import redis.asyncio
 
-from streamproc.gateway import idempotency_key, parse_record
+from streamproc.gateway import idempotency_key, ledger_keys, parse_record, successful_charges
 from streamproc.keys import Keys
 from streamproc.models import Order, decode_order
 from streamproc.rawpipe import pipelined
@@ -22,7 +26,8 @@ class TimelineStep(msgspec.Struct):
 
 
 class PaymentRecord(msgspec.Struct):
-    """The gateway ledger's first result for the order's current attempt, and charges applied."""
+    """The gateway ledger's first result for the order's current attempt, and the successful
+    charges over all its attempts (counted from the ledger)."""
 
     outcome: str  # ok | declined | "" when the gateway was never called
     amount_cents: int
@@ -82,27 +87,26 @@ def order_timeline(
     return steps, int(updated_text) if updated_text.isdigit() else created_ms
 
 
-def _payment(record: bytes | None, charges: bytes | None) -> PaymentRecord:
+def _payment(record: bytes | None, charges: int) -> PaymentRecord:
     if not record:
-        return PaymentRecord("", 0, "", 0, int(charges or 0))
+        return PaymentRecord("", 0, "", 0, charges)
     result = parse_record(record)
     return PaymentRecord(
         "ok" if result.approved else "declined",
         result.amount_cents,
         result.currency,
         result.recorded_ms,
-        int(charges or 0),
+        charges,
     )
 
 
 async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> StoredOrder | None:
     """The stored order, or None when there is no such order."""
-    order_fields, ledger, charges = await pipelined(
+    order_fields, first_record = await pipelined(
         client,
         [
             ("HMGET", keys.order(order_id), *ORDER_FIELDS),
             ("HGET", keys.gateway_ledger, idempotency_key(order_id, 1)),
-            ("HGET", keys.gateway_charges, order_id),
         ],
     )
     state, attempt_raw, stage, payload, note, error, created, updated, history = order_fields
@@ -111,9 +115,12 @@ async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> 
     # ingest.lua leaves a, k and h out of a new order's hash: these are their values.
     attempt = int(attempt_raw or 1)
     timeline, updated_ms = order_timeline(history, created, updated)
-    record = ledger
-    if attempt > 1:  # re-submitted orders are charged under an attempt-suffixed key
-        record = await client.hget(keys.gateway_ledger, idempotency_key(order_id, attempt))
+    records = [first_record]
+    if attempt > 1:  # a re-submitted order was charged under one more key per attempt
+        (later,) = await pipelined(
+            client, [("HMGET", keys.gateway_ledger, *ledger_keys(order_id, attempt)[1:])]
+        )
+        records += later
     return StoredOrder(
         order=decode_order(payload),
         state=text(state),
@@ -124,5 +131,5 @@ async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> 
         created_ms=int(created or 0),
         updated_ms=updated_ms,
         timeline=timeline,
-        payment=_payment(record, charges),
+        payment=_payment(records[-1], successful_charges(records)),
     )

@@ -12,7 +12,14 @@ import redis
 
 from streamproc.connection import async_client, sync_client
 from streamproc.context import StageContext
-from streamproc.gateway import Charge, PaymentGateway, idempotency_key, simulated_outcome
+from streamproc.gateway import (
+    Charge,
+    PaymentGateway,
+    idempotency_key,
+    ledger_keys,
+    simulated_outcome,
+    successful_charges,
+)
 from streamproc.ingest import ingest_file
 from streamproc.keys import Keys
 from streamproc.lua import AsyncScripts
@@ -34,6 +41,11 @@ ORDER_COLUMNS = (
     "order_date",
 )
 T = TypeVar("T")
+
+
+def charges_of(r: redis.Redis, order_id: str, attempt: int = 1) -> int:
+    """Successful charges of an order's attempts 1..attempt, counted from the gateway's ledger."""
+    return successful_charges(r.hmget(KEYS.gateway_ledger, ledger_keys(order_id, attempt)))
 
 
 def run_with_gateway(url: str, body: Callable[[Callable[..., PaymentGateway]], Awaitable[T]]) -> T:
@@ -73,7 +85,8 @@ def test_same_key_returns_first_result_and_charges_once(redis_url: str, r: redis
 
     run_with_gateway(redis_url, body)
     assert r.hlen(KEYS.gateway_ledger) == 2
-    assert r.hgetall(KEYS.gateway_charges) == {"A1": "1"}
+    assert charges_of(r, "A1") == 1
+    assert charges_of(r, "D1") == 0
     stats = r.hgetall(KEYS.gateway_stats)
     assert (stats["calls"], stats["recorded"]) == ("6", "2")
 
@@ -87,7 +100,7 @@ def test_same_key_twice_in_one_batch_charges_once(redis_url: str, r: redis.Redis
 
     run_with_gateway(redis_url, body)
     assert r.hlen(KEYS.gateway_ledger) == 1
-    assert r.hget(KEYS.gateway_charges, "B1") == "1"
+    assert charges_of(r, "B1") == 1
 
 
 def test_outcomes_are_deterministic_per_seed_and_honour_the_rate(
@@ -110,7 +123,7 @@ def test_outcomes_are_deterministic_per_seed_and_honour_the_rate(
     assert first != other_seed
     assert 1500 <= sum(first) <= 1700, sum(first)
     assert 1500 <= sum(other_seed) <= 1700, sum(other_seed)
-    assert r.hlen(KEYS.gateway_charges) == sum(other_seed)
+    assert successful_charges(r.hvals(KEYS.gateway_ledger)) == sum(other_seed)
     assert not any(simulated_outcome(42, key, 0.0) for key in keys)
     assert all(simulated_outcome(42, key, 1.0) for key in keys)
 
@@ -239,7 +252,7 @@ def test_payment_stage_keeps_hundreds_of_slow_calls_in_flight(
     assert loop.outcomes["paid"] == total
     counts = r.hgetall(KEYS.state_counts)
     assert (int(counts["paid"]), int(counts["reserved"]), int(counts["pending"])) == (total, 0, 0)
-    assert r.hlen(KEYS.gateway_charges) == total
+    assert successful_charges(r.hvals(KEYS.gateway_ledger)) == total
     assert r.xinfo_groups(KEYS.stream("payment"))[0]["pending"] == 0
     assert r.xlen(KEYS.stream("finalize")) == total
 
@@ -288,7 +301,7 @@ def test_replayed_payment_message_neither_charges_nor_transitions_again(
     replayed = asyncio.run(main())
     # The replay went through the gateway (same key, same first result) and was fenced at commit.
     assert dict(replayed.outcomes) == {"stale": 1}
-    assert r.hget(KEYS.gateway_charges, "P00000") == "1"
+    assert charges_of(r, "P00000") == 1
     assert r.hget(KEYS.gateway_stats, "recorded") == "3"
     order = r.hgetall(KEYS.order("P00000"))
     assert order["s"] == "paid"

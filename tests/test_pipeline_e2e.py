@@ -64,6 +64,13 @@ def test_sample_csv_end_to_end(pipeline: Pipeline, r: redis.Redis) -> None:
         day[0] += 1
         day[1] += order["total_cents"]
     assert dict(per_day) == {"2025-11-10": [5, 48596], "2025-11-11": [5, 57947]}
+    # The charges above come from the ledger: the gateway's slot holds its ledger and stats only
+    # (no per-order charge counter).
+    gateway_slot = KEYS.gateway_ledger.rsplit(":", 1)[0] + ":"
+    assert {k for k in r.scan_iter() if k.startswith(gateway_slot)} == {
+        KEYS.gateway_ledger,
+        KEYS.gateway_stats,
+    }
     for order_id, order in orders.items():
         # Stored compactly (lib/order.lua): steps in ms after c, no u; exported as ISO times.
         stored = r.hgetall(KEYS.order(order_id))
