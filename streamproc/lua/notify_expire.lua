@@ -36,7 +36,7 @@ local function drop_entries(key, kind, channel, most)
   for j, entry in ipairs(got) do
     drop(entry[2][2] .. ":" .. kind .. ":" .. channel)
     entries[j] = entry[1]
-    local field = note_day_field(kind, channel, note_entry_score(entry[1]))
+    local field = note_day_field(kind .. ":" .. channel, note_entry_score(entry[1]))
     if not days[field] then
       days[field] = 0
       day_fields[#day_fields + 1] = field

@@ -50,7 +50,7 @@ local function stream_chunk(s, hi, count)
   local flat = {}
   for j, entry in ipairs(got) do
     flat[2 * j - 1] = entry[2][2] .. s.suffix
-    flat[2 * j] = note_entry_score(entry[1])
+    flat[2 * j] = string.format("%.0f", note_entry_score(entry[1]))
   end
   return flat
 end

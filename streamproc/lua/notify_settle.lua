@@ -26,16 +26,23 @@ local clock, clock_before = nil, nil
 local out = {}
 local days, day_fields = {}, {} -- the days hash's increments, written once after the batch
 
+local streams = {} -- "<type>:<channel>" -> its sent stream
+
 -- Append a record sent at its first attempt to its sent stream; false when the stream refuses
 -- the id (its last entry is not older: the clock key was lost), and then the set takes it.
 local function sent_stream(id, score)
-  local kind, channel = string.match(id, ":(%a+):(%a+)$")
-  local added = redis.pcall("XADD", note_sent_stream(ix_prefix, id), note_entry_id(score), "i",
-    string.sub(id, 1, #id - #kind - #channel - 2))
+  local pair = string.match(id, "%a+:%a+$")
+  local order = string.sub(id, 1, #id - #pair - 1)
+  local key = streams[pair]
+  if not key then
+    key = note_sent_stream(ix_prefix, pair)
+    streams[pair] = key
+  end
+  local added = redis.pcall("XADD", key, note_entry_id(score), "i", order)
   if type(added) == "table" and added.err then
     return false
   end
-  local field = note_day_field(kind, channel, score)
+  local field = note_day_field(pair, score)
   if not days[field] then
     days[field] = 0
     day_fields[#day_fields + 1] = field
@@ -66,7 +73,7 @@ for i = 1, n do
       clock = math.max(tonumber(created) * 1000, clock + 1)
       local score = string.format("%.0f", clock)
       local status = note_status(record)
-      if status ~= "s" or not sent_stream(id, score) then
+      if status ~= "s" or not sent_stream(id, clock) then
         redis.call("ZADD", note_index(ix_prefix, id, status), score, id)
       end
       redis.call("ZADD", customer_prefix .. note_customer(record), score, id)

@@ -26,10 +26,9 @@ end
 -- in the sent set, so a listing merges both.
 local NOTE_DAY_MS = 86400000
 
--- The sent stream of the records of `id`'s type and channel.
-local function note_sent_stream(prefix, id)
-  local kind, channel = string.match(id, ":(%a+):(%a+)$")
-  return prefix .. kind .. ":" .. channel .. ":sent:stream"
+-- The sent stream of the records of type and channel `pair` ("<type>:<channel>").
+local function note_sent_stream(prefix, pair)
+  return prefix .. pair .. ":sent:stream"
 end
 
 -- The type and channel of a sent stream, from its name.
@@ -46,13 +45,12 @@ end
 
 local function note_entry_score(entry_id)
   local ms, seq = string.match(entry_id, "^(%d+)-(%d+)$")
-  return string.format("%.0f", tonumber(ms) * 1000 + tonumber(seq))
+  return tonumber(ms) * 1000 + tonumber(seq)
 end
 
--- The days hash field of an entry of a stream of type `kind` and channel `channel`.
-local function note_day_field(kind, channel, score)
-  local day = math.floor(tonumber(score) / 1000 / NOTE_DAY_MS)
-  return kind .. ":" .. channel .. ":" .. string.format("%d", day)
+-- The days hash field of a sent stream's entry: its type and channel `pair`, and the UTC day.
+local function note_day_field(pair, score)
+  return pair .. ":" .. math.floor(score / (1000 * NOTE_DAY_MS)) -- an integer below 1e14: as %d
 end
 
 -- Move record `id` from the index of status `from` to that of `to`, keeping its score.
