@@ -11,7 +11,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from streamproc.gateway import simulated_outcome
+from tests.notify_support import assert_indexes_agree
 from tests.support import (
     LOW_STOCK_FAILURES,
     TERMINAL,
@@ -109,7 +112,7 @@ def assert_pipeline_invariants(
         assert state_path(order) == STATE_PATHS[order["state"]], (order_id, order["history"])
         assert order["attempts"] == 1, order
 
-    # INV-P: the gateway's own charge counter, and the seeded gateway decided every payment.
+    # INV-P: the charges the gateway's ledger holds, and the seeded gateway decided every payment.
     for order_id, order in orders.items():
         assert order["charges"] == (1 if order["state"] == "completed" else 0), order
         if order["state"] in ("completed", "rolled_back"):
@@ -137,6 +140,10 @@ def assert_pipeline_invariants(
         assert (info["pending"], info["lag"]) == (0, 0), (stage, info)
 
     assert_one_notification_line_per_order_and_type(env, orders)
+    # Crashes left every notification record in exactly one index (set or sent stream), its
+    # customer's set and, while pending, the schedule; the days hash counts the streams.
+    with redis.Redis.from_url(env["STREAMPROC_REDIS_URL"], decode_responses=True) as client:
+        assert_indexes_agree(client)
     return orders
 
 
