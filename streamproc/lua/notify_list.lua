@@ -49,8 +49,12 @@ local function stream_chunk(s, hi, count)
     count)
   local flat = {}
   for j, entry in ipairs(got) do
+    -- "<ms>-<tie-breaker below 1000>" -> "<ms><3 digits>": string cuts, a tenth of the cost of
+    -- parsing and formatting numbers, which a page does for every entry it reads.
+    local id = entry[1]
+    local dash = string.find(id, "-", 1, true)
     flat[2 * j - 1] = entry[2][2] .. s.suffix
-    flat[2 * j] = string.format("%.0f", note_entry_score(entry[1]))
+    flat[2 * j] = string.sub(id, 1, dash - 1) .. string.sub("00" .. string.sub(id, dash + 1), -3)
   end
   return flat
 end
