@@ -6,9 +6,12 @@ import redis
 
 from streamproc.keys import STAGES, Keys
 
+SENT_STREAMS = "notification sent streams"
+
 
 def families(keys: Keys) -> list[tuple[str, str]]:
-    """(family, key-name prefix) pairs, most specific prefix first."""
+    """(family, key-name prefix) pairs, most specific prefix first (the sent streams share the
+    index sets' prefix: `family_of` tells them apart by their ending)."""
     ledger_slot = keys.gateway_ledger.rsplit(":", 1)[0] + ":"
     stock_slot = keys.stock("")  # every key of the stock slot starts so
     pairs = [
@@ -27,6 +30,14 @@ def families(keys: Keys) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda pair: -len(pair[1]))
 
 
+def family_of(name: str, prefixes: list[tuple[str, str]], keys: Keys) -> str:
+    """The family of key `name`, given families(keys)."""
+    stream_end = keys.notification_sent_stream("", "")[len(keys.notification_index_prefix) + 1 :]
+    if name.startswith(keys.notification_index_prefix) and name.endswith(stream_end):
+        return SENT_STREAMS
+    return next((f for f, prefix in prefixes if name.startswith(prefix)), "other")
+
+
 def memory_by_family(client: redis.Redis, keys: Keys, batch: int = 1000) -> dict[str, int]:
     """Bytes per key family (MEMORY USAGE with every element counted), largest first."""
     prefixes = families(keys)
@@ -38,6 +49,6 @@ def memory_by_family(client: redis.Redis, keys: Keys, batch: int = 1000) -> dict
         for name in chunk:
             pipe.memory_usage(name, samples=0)
         for name, used in zip(chunk, pipe.execute(), strict=True):
-            family = next((f for f, prefix in prefixes if name.startswith(prefix)), "other")
+            family = family_of(name, prefixes, keys)
             totals[family] = totals.get(family, 0) + int(used or 0)
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
