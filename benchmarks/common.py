@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -132,6 +133,22 @@ def machine() -> dict[str, Any]:
         "server": server.stdout.strip(),
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def add_server_config_option(parser: argparse.ArgumentParser) -> None:
+    """`--server-config NAME=VALUE` (repeatable): CONFIG SET on the private server first."""
+    parser.add_argument(
+        "--server-config",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="CONFIG SET on the private server first (repeatable), e.g. to try AOF settings",
+    )
+
+
+def server_config_of(args: argparse.Namespace) -> dict[str, str]:
+    """The --server-config settings as a dict."""
+    return dict(item.split("=", 1) for item in args.server_config)
 
 
 def save(name: str, result: dict[str, Any], path: Path | None = None) -> Path:

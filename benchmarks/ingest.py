@@ -35,7 +35,15 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import cli_env, machine, private_server, process_cpu_seconds, save
+from benchmarks.common import (
+    add_server_config_option,
+    cli_env,
+    machine,
+    private_server,
+    process_cpu_seconds,
+    save,
+    server_config_of,
+)
 from benchmarks.generate import write_rows
 from streamproc.keys import Keys
 
@@ -220,16 +228,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="ingest --batch-size")
     parser.add_argument("--name", default="ingest", help="results/NAME.json")
     parser.add_argument("--output", type=Path, help="JSON file instead of results/NAME.json")
-    parser.add_argument(
-        "--server-config",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="CONFIG SET on the private server first (repeatable), e.g. to try AOF settings",
-    )
+    add_server_config_option(parser)
     args = parser.parse_args()
     sizes = QUICK_ROWS if args.quick else args.rows
-    config = dict(item.split("=", 1) for item in args.server_config)
+    config = server_config_of(args)
     results = measure(sizes, args.seed, args.appendfsync, args.batch_size, config)
     save(args.name, {"benchmark": "ingest", "machine": machine(), "results": results}, args.output)
     print()

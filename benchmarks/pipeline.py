@@ -36,7 +36,15 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import machine, pipeline_env, private_server, process_cpu_seconds, save
+from benchmarks.common import (
+    add_server_config_option,
+    machine,
+    pipeline_env,
+    private_server,
+    process_cpu_seconds,
+    save,
+    server_config_of,
+)
 from benchmarks.generate import write_orders
 from benchmarks.memory import memory_by_family
 from streamproc.keys import Keys
@@ -369,13 +377,7 @@ def main() -> None:
     parser.add_argument("--chunk-ms", type=int, default=50, help="feeding interval with --rate")
     parser.add_argument("--name", default=None, help="results/<name>.json (default from options)")
     parser.add_argument("--output", type=Path, default=None, help="write the JSON here instead")
-    parser.add_argument(
-        "--server-config",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="CONFIG SET on the private server first (repeatable), e.g. to try AOF settings",
-    )
+    add_server_config_option(parser)
     parser.add_argument(
         "--env",
         action="append",
@@ -384,7 +386,7 @@ def main() -> None:
         help="set a variable for the consumers (repeatable), e.g. STREAMPROC_BATCH_SIZE=500",
     )
     args = parser.parse_args()
-    config = dict(item.split("=", 1) for item in args.server_config)
+    config = server_config_of(args)
     extra_env = dict(item.split("=", 1) for item in args.env)
     result = {
         "benchmark": "pipeline",
