@@ -26,28 +26,36 @@ local clock, clock_before = nil, nil
 local out = {}
 local days, day_fields = {}, {} -- the days hash's increments, written once after the batch
 
-local streams = {} -- "<type>:<channel>" -> its sent stream
+-- Per "<type>:<channel>": { its sent stream, the first score of the UTC day last counted, that
+-- day's field in the days hash }. Scores only grow, so a batch crosses a day at most once or
+-- twice: the day field is built then, not per record (which cost as much as the XADD itself).
+local streams = {}
+local DAY_SCORE = 1000 * NOTE_DAY_MS
 
 -- Append a record sent at its first attempt to its sent stream; false when the stream refuses
 -- the id (its last entry is not older: the clock key was lost), and then the set takes it.
 local function sent_stream(id, score)
   local pair = string.match(id, "%a+:%a+$")
-  local order = string.sub(id, 1, #id - #pair - 1)
-  local key = streams[pair]
-  if not key then
-    key = note_sent_stream(ix_prefix, pair)
-    streams[pair] = key
+  local s = streams[pair]
+  if not s then
+    s = { note_sent_stream(ix_prefix, pair), -1, "" }
+    streams[pair] = s
   end
-  local added = redis.pcall("XADD", key, note_entry_id(score), "i", order)
+  local ms = math.floor(score / 1000)
+  local added = redis.pcall("XADD", s[1], string.format("%.0f-%d", ms, score - ms * 1000), "i",
+    string.sub(id, 1, #id - #pair - 1))
   if type(added) == "table" and added.err then
     return false
   end
-  local field = note_day_field(pair, score)
-  if not days[field] then
-    days[field] = 0
-    day_fields[#day_fields + 1] = field
+  if score < s[2] or score >= s[2] + DAY_SCORE then
+    local day = math.floor(score / DAY_SCORE)
+    s[2], s[3] = day * DAY_SCORE, note_day_field(pair, score)
+    if not days[s[3]] then
+      days[s[3]] = 0
+      day_fields[#day_fields + 1] = s[3]
+    end
   end
-  days[field] = days[field] + 1
+  days[s[3]] = days[s[3]] + 1
   return true
 end
 
