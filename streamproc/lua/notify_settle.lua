@@ -28,9 +28,8 @@ local days, day_fields = {}, {} -- the days hash's increments, written once afte
 
 -- Per "<type>:<channel>": { its sent stream, the first score of the UTC day last counted, that
 -- day's field in the days hash }. Scores only grow, so a batch crosses a day at most once or
--- twice: the day field is built then, not per record (which cost as much as the XADD itself).
+-- twice: the day field is built then, not formatted and hashed again for every record.
 local streams = {}
-local DAY_SCORE = 1000 * NOTE_DAY_MS
 
 -- Append a record sent at its first attempt to its sent stream; false when the stream refuses
 -- the id (its last entry is not older: the clock key was lost), and then the set takes it.
@@ -47,9 +46,8 @@ local function sent_stream(id, score)
   if type(added) == "table" and added.err then
     return false
   end
-  if score < s[2] or score >= s[2] + DAY_SCORE then
-    local day = math.floor(score / DAY_SCORE)
-    s[2], s[3] = day * DAY_SCORE, note_day_field(pair, score)
+  if score < s[2] or score >= s[2] + NOTE_DAY_SCORE then
+    s[2], s[3] = math.floor(score / NOTE_DAY_SCORE) * NOTE_DAY_SCORE, note_day_field(pair, score)
     if not days[s[3]] then
       days[s[3]] = 0
       day_fields[#day_fields + 1] = s[3]

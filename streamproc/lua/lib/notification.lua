@@ -25,6 +25,7 @@ end
 -- the days hash (`<type>:<channel>:<epoch day>` -> entries). Records that reach sent later stay
 -- in the sent set, so a listing merges both.
 local NOTE_DAY_MS = 86400000
+local NOTE_DAY_SCORE = 1000 * NOTE_DAY_MS -- the scores of one UTC day
 
 -- The sent stream of the records of type and channel `pair` ("<type>:<channel>").
 local function note_sent_stream(prefix, pair)
@@ -50,7 +51,7 @@ end
 
 -- The days hash field of a sent stream's entry: its type and channel `pair`, and the UTC day.
 local function note_day_field(pair, score)
-  return pair .. ":" .. math.floor(score / (1000 * NOTE_DAY_MS)) -- an integer below 1e14: as %d
+  return pair .. ":" .. math.floor(score / NOTE_DAY_SCORE) -- an integer below 1e14: as %d
 end
 
 -- Move record `id` from the index of status `from` to that of `to`, keeping its score.
