@@ -107,6 +107,7 @@ class NotifyHandler:
                         message.state,
                         message.attempt,
                         record.log_offset,
+                        record.customer_id,
                     )
                 )
                 wanted.append((message, record, order))

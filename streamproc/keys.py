@@ -77,7 +77,8 @@ class Keys:
 
     @property
     def notifications(self) -> str:
-        """Hash `<order>:<type>:<channel>` → notification record (streamproc.notifications)."""
+        """Hash `<order>:<type>:<channel>` → notification record (streamproc.notifications), but
+        for the records sent at their first attempt: notification_sent_stream keeps those."""
         return f"{self._pipe}:notifications"
 
     @property
@@ -103,9 +104,10 @@ class Keys:
 
     def notification_sent_stream(self, kind: str, channel: str) -> str:
         """Stream of the records of one type and channel sent at their first attempt, each entry
-        (id = creation score as `<ms>-<tie-breaker>`, field i = order id) standing in for their
-        member of the sent set: ~25 bytes instead of ~130. Scripts build the name from
-        notification_index_prefix (lua/lib/notification.lua), so the two must agree."""
+        (id = creation score as `<ms>-<tie-breaker>`, field i = order id, field r = the record's
+        text) standing in for their records-hash field and sent-set member: ~70 bytes instead of
+        ~245. Scripts build the name from notification_index_prefix (lua/lib/notification.lua),
+        so the two must agree."""
         return f"{self.notification_index_prefix}{kind}:{channel}:sent:stream"
 
     @property

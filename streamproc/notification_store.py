@@ -5,10 +5,11 @@ Layout (key names in streamproc/keys.py, all in the pipeline's slot):
 - 12 index sets, one per (type, channel, status): id → creation score. A record is in exactly one,
   moved when its status changes, in the same script; so the stats are their sizes (O(1)) and a
   filtered page merges at most 12 time-ordered sets from the cursor on;
-- but a record sent at its first attempt (nearly all) is in the sent stream of its type and
-  channel instead: appended in score order with its score as entry id, never moved, ~25 bytes
-  instead of a set member's ~130. Pages merge the streams with the sets; their sizes per UTC day
-  (the days hash) give totals over dates; a record's score is also in its customer's set;
+- but a record sent at its first attempt (nearly all) is kept, text and all, in the sent stream
+  of its type and channel instead of the hash and a set: appended in score order with its score
+  as entry id, never changed, ~70 bytes instead of ~245. Pages merge the streams with the sets;
+  their sizes per UTC day (the days hash) give totals over dates; every record is also in its
+  customer's set, which is where a claim, a settlement or a lookup finds a streamed one;
 - a set per customer (id → the same score), for the customer filter;
 - the schedule: id → when a pending record is due (a retry, a resend, or a lease expiry);
 - leases: id → owner|expiry while a consumer attempts an existing record, and
@@ -33,6 +34,7 @@ import redis.asyncio as aredis
 from streamproc.keys import Keys
 from streamproc.lua import AsyncScripts
 from streamproc.metrics import ConsumerMetrics
+from streamproc.models import decode_order
 from streamproc.notifications import (
     CHANNELS,
     FAILED,
@@ -68,6 +70,9 @@ class ClaimRequest:
     state: str = ""  # the state the message carries; "" skips the staleness check
     attempt: int = 1
     log_offset: int | None = None
+    # Known for a first attempt: a record sent at its first attempt is kept in its sent stream,
+    # not the hash, and its customer's set is where the claim finds that it exists.
+    customer_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,11 +170,17 @@ class NotificationStore:
         if not requests:
             return []
         keys = [self._records, self._leases, self._schedule]
-        args: list[Any] = [owner, now_ms, lease_ms]
+        args: list[Any] = [owner, now_ms, lease_ms, self.keys.notification_customer_prefix]
         for request in requests:
+            if request.log_offset is not None and request.customer_id is None:
+                # Without it a record kept in its sent stream would look absent: sent again.
+                raise ValueError(
+                    f"claim of {request.record_id}: a first attempt needs its customer"
+                )
             keys.append(self.keys.order(request.order_id))
             offset = "" if request.log_offset is None else request.log_offset
-            args += (request.record_id, request.state, request.attempt, offset)
+            customer = "" if request.customer_id is None else request.customer_id
+            args += (request.record_id, request.state, request.attempt, offset, customer)
         reply = await self.scripts.run("notify_claim", keys, args)
         claims = []
         for request, raw_verdict, raw in zip(requests, reply[0::2], reply[1::2], strict=True):
@@ -256,7 +267,7 @@ class NotificationStore:
         reply = await self.scripts.run(
             "notify_list",
             [self._records, self._schedule, self._days, *sets],
-            [hi, lo, query.limit, *filters, top],
+            [hi, lo, query.limit, *filters, top, self.keys.notification_index_prefix],
         )
         cursor, total, rest = text(reply[0]), int(reply[1]), reply[2:]
         rows = zip(rest[0::4], rest[1::4], rest[2::4], rest[3::4], strict=True)
@@ -289,7 +300,45 @@ class NotificationStore:
             record.created_ms = created_ms_of(created) if created is not None else 0
             record.due_ms = int(due) if due is not None and record.status == PENDING else 0
             by_id[rid] = record
+        missing = [rid for rid, raw in zip(record_ids, raws, strict=True) if not raw]
+        if missing:
+            by_id.update(await self._streamed(missing))
         return [by_id.get(rid) for rid in record_ids]
+
+    async def _streamed(self, record_ids: Sequence[str]) -> dict[str, Notification]:
+        """Those of these records kept in their sent streams (sent at their first attempt): the
+        order's payload names the customer, whose set holds the score, which is the entry id."""
+        order_ids = sorted({split_id(rid)[0] for rid in record_ids})
+        pipe = self.client.pipeline(transaction=False)
+        for order_id in order_ids:
+            pipe.hget(self.keys.order(order_id), "d")
+        payloads = await pipe.execute()
+        customers = {
+            order_id: decode_order(payload).customer_id
+            for order_id, payload in zip(order_ids, payloads, strict=True)
+            if payload
+        }
+        candidates = [rid for rid in record_ids if split_id(rid)[0] in customers]
+        pipe = self.client.pipeline(transaction=False)
+        for rid in candidates:
+            pipe.zscore(self.keys.notification_customer(customers[split_id(rid)[0]]), rid)
+        scores = await pipe.execute()
+        scored = [(rid, int(score)) for rid, score in zip(candidates, scores, strict=True) if score]
+        pipe = self.client.pipeline(transaction=False)
+        for rid, score in scored:
+            _, kind, channel = split_id(rid)
+            entry_id = f"{score // SCORE_PER_MS}-{score % SCORE_PER_MS}"
+            pipe.xrange(self.keys.notification_sent_stream(kind, channel), entry_id, entry_id)
+        entries = await pipe.execute()
+        found: dict[str, Notification] = {}
+        for (rid, score), got in zip(scored, entries, strict=True):
+            text_of = dict(got[0][1]) if got else {}
+            raw = text_of.get(b"r", text_of.get("r"))
+            if raw:
+                found[rid] = decode_record(
+                    rid, raw if isinstance(raw, bytes) else raw.encode(), created_ms_of(score)
+                )
+        return found
 
     async def stats(self, since_ms: int) -> Stats:
         """Records per (type, channel, status) and created since `since_ms` (a UTC day's start:

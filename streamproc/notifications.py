@@ -1,7 +1,8 @@
 """Notification records (one per order, type and channel), their compact encoding, and the log
 channel.
 
-A record is one short text value in the notifications hash, keyed by its id
+A record is one short text value in the notifications hash (or, once sent at its first attempt, in
+its sent stream's entry: streamproc/notification_store.py), keyed by its id
 `<order>:<type>:<channel>`: `status|customer|order status|total cents|currency|attempts|
 max attempts|sent ms|log offset|error`, with one-letter codes for the two statuses and the error
 last (it may hold any character). The order id, type and channel are in the id; the message is

@@ -56,11 +56,17 @@ def index_entries(r: redis.Redis) -> dict[str, tuple[tuple[str, str, str], int]]
 
 
 def all_records(r: redis.Redis) -> dict[str, Notification]:
-    """Every stored record by id, with its creation time from the index it is in."""
+    """Every stored record by id (in the hash, or in a sent stream's entry: never both), with its
+    creation time from the index it is in."""
     records = {
         record_id: decode_record(record_id, raw.encode())
         for record_id, raw in r.hgetall(KEYS.notifications).items()
     }
+    for kind, channel in SENT_STREAMS:
+        for _, fields in r.xrange(KEYS.notification_sent_stream(kind, channel)):
+            record_id = f"{fields['i']}:{kind}:{channel}"
+            assert record_id not in records, f"{record_id} is in the hash and a sent stream"
+            records[record_id] = decode_record(record_id, fields["r"].encode())
     for record_id, (_, score) in index_entries(r).items():
         records[record_id].created_ms = created_ms_of(score)
     return records

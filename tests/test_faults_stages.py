@@ -40,6 +40,7 @@ from tests.invariants import (
     state_path,
     write_products,
 )
+from tests.notify_support import all_records
 from tests.support import (
     Fleet,
     cli,
@@ -119,7 +120,7 @@ def effect_applied(r: redis.Redis, stage: str, order_id: str) -> bool:
         return r.hget(KEYS.reservations, f"{order_id}#1") == "c"
     if stage == "rollback":
         return r.hget(KEYS.reservations, f"{order_id}#1") == "x"
-    return any(key.startswith(f"{order_id}:") for key in r.hkeys(KEYS.notifications))
+    return any(key.startswith(f"{order_id}:") for key in all_records(r))
 
 
 def assert_fault_point_reached(r: redis.Redis, stage: str, point: str, consumer: str) -> None:

@@ -26,12 +26,12 @@ from streamproc.notification_store import ClaimRequest, NotificationStore, Settl
 from streamproc.notifications import (
     LogChannel,
     Notification,
-    decode_record,
+    encode_record,
     new_record,
 )
 from streamproc.settings import Settings
 from streamproc.transport import Decision, Message
-from tests.notify_support import assert_indexes_agree, index_entries, with_store
+from tests.notify_support import all_records, assert_indexes_agree, index_entries, with_store
 
 KEYS = Keys()
 DEAD = "dead-consumer"
@@ -73,9 +73,10 @@ def log_ids(log_path: Path) -> list[str]:
 
 
 def stored(r: redis.Redis, record_id: str) -> Notification:
-    raw = r.hget(KEYS.notifications, record_id)
-    assert raw is not None, f"no record {record_id}"
-    return decode_record(record_id, raw.encode())
+    """The record as stored: in the hash, or in its sent stream when sent at its first attempt."""
+    records = all_records(r)
+    assert record_id in records, f"no record {record_id}"
+    return records[record_id]
 
 
 def leave_in_flight(
@@ -86,7 +87,9 @@ def leave_in_flight(
     record = new_record(make_order(order_id), state, channel.name, max_attempts=5)
     record.attempts = 1
     record.log_offset = channel.size()
-    request = ClaimRequest(record.id, order_id, log_offset=record.log_offset)
+    request = ClaimRequest(
+        record.id, order_id, log_offset=record.log_offset, customer_id=record.customer_id
+    )
     record.created_ms = now_ms() - 60_000
 
     async def claim(store: NotificationStore) -> None:
@@ -240,13 +243,13 @@ def test_first_attempt_writes_only_its_lease_and_is_recovered_after_a_crash(
     refused, so the record is the recoverer's alone."""
     record = new_record(make_order("r1"), "completed", "log", max_attempts=5)
     record.attempts, record.log_offset = 1, 1234
-    request = ClaimRequest(record.id, "r1", log_offset=1234)
+    request = ClaimRequest(record.id, "r1", log_offset=1234, customer_id=record.customer_id)
     start = now_ms()
 
     async def work(store: NotificationStore) -> None:
         (first,) = await store.claim("a", start, 1_000, [request])
         assert first.verdict == "new"
-        assert r.hgetall(KEYS.notifications) == {}
+        assert all_records(r) == {}
         assert r.hget(KEYS.notification_leases, record.id) == f"a|{start + 1_000}|1234|1"
         assert r.keys(KEYS.notification_index_prefix + "*") == []
         assert r.keys(KEYS.notification_customer_prefix + "*") == []
@@ -258,13 +261,13 @@ def test_first_attempt_writes_only_its_lease_and_is_recovered_after_a_crash(
         record.created_ms = start
         assert await store.settle("b", [Settlement("sent", record, first=True)]) == [False]
         # Expired: taken over, with what the dead attempt left in its lease.
-        later = ClaimRequest(record.id, "r1", log_offset=5678)
+        later = ClaimRequest(record.id, "r1", log_offset=5678, customer_id=record.customer_id)
         (taken,) = await store.claim("b", start + 1_001, 1_000, [later])
         assert (taken.verdict, taken.dead_offset, taken.dead_attempts) == ("recover", 1234, 1)
         assert r.hget(KEYS.notification_leases, record.id) == f"b|{start + 2_001}|5678|2"
         record.status, record.sent_ms = "sent", start + 5
         assert await store.settle("a", [Settlement("sent", record, first=True)]) == [False]
-        assert r.hgetall(KEYS.notifications) == {}
+        assert all_records(r) == {}
         record.attempts, record.log_offset = 2, -1
         assert await store.settle("b", [Settlement("sent", record, first=True)]) == [True]
         # Settled once: a second settlement or a replayed create changes nothing.
@@ -278,7 +281,9 @@ def test_first_attempt_writes_only_its_lease_and_is_recovered_after_a_crash(
     assert r.hlen(KEYS.notification_leases) == 0
     assert index_entries(r) == {record.id: (("success", "log", "sent"), start * 1000)}
     (entry,) = r.xrange(KEYS.notification_sent_stream("success", "log"))
-    assert entry == (f"{start}-0", {"i": "r1"})  # scored by the claim's time
+    # Scored by the claim's time, and its text in the entry, not the hash.
+    assert entry == (f"{start}-0", {"i": "r1", "r": encode_record(after).decode()})
+    assert r.hlen(KEYS.notifications) == 0
     assert_indexes_agree(r)
 
 
@@ -293,7 +298,10 @@ def test_first_attempt_created_pending_or_failed_with_unique_scores(
     ]
 
     async def work(store: NotificationStore) -> list[bool]:
-        requests = [ClaimRequest(rec.id, rec.order_reference, log_offset=-1) for rec in records]
+        requests = [
+            ClaimRequest(rec.id, rec.order_reference, log_offset=-1, customer_id=rec.customer_id)
+            for rec in records
+        ]
         claims = await store.claim("a", now, 60_000, requests)
         assert [c.verdict for c in claims] == ["new"] * 3
         for rec in records:
@@ -347,7 +355,7 @@ def test_message_whose_first_attempt_was_taken_over_is_left_pending(
             await client.aclose()
 
     assert asyncio.run(main()) == []
-    assert r.hlen(KEYS.notifications) == 0  # the holder's to create
+    assert all_records(r) == {}  # the holder's to create
     assert log_ids(log_path) == ["slow:success:log"]
 
 

@@ -24,7 +24,7 @@ from consumers.notify import NotifyHandler
 from streamproc.clock import now_ms
 from streamproc.connection import async_client
 from streamproc.context import StageContext
-from streamproc.models import Line, Order
+from streamproc.models import Line, Order, encode_order
 from streamproc.notification_store import ClaimRequest, NotificationStore, Settlement
 from streamproc.notifications import new_record
 from streamproc.settings import Settings
@@ -69,10 +69,15 @@ def make_records(url: str, old: int, today: int, seed: int = 606) -> list[Made]:
             order = Order(f"N{n:03d}", customer, "Name", "USD", "2025-11-03T00:00:00Z",
                           [Line("SKU-1", "", 1, 100 + n)])  # fmt: skip
             state = rng.choice(STATES)
+            # The order is stored as the pipeline leaves it: a record kept in its sent stream is
+            # found by id through its order's customer.
+            await store.client.hset(
+                KEYS.order(order.order_id), mapping={"s": state, "d": encode_order(order)}
+            )
             for channel in rng.choice((("log",), ("email",), ("log", "email"))):
                 record = new_record(order, state, channel, max_attempts=3)
                 record.attempts, record.created_ms = 1, created
-                first = ClaimRequest(record.id, order.order_id, log_offset=-1)
+                first = ClaimRequest(record.id, order.order_id, log_offset=-1, customer_id=customer)
                 (claim,) = await store.claim(OWNER, created, 60_000, [first])
                 assert claim.verdict == "new"
                 outcome = rng.choice(("sent", "failed", "pending"))
@@ -308,7 +313,7 @@ def test_resend_only_failed_records_as_one_more_attempt(
     assert (view["status"], view["attempts"], view["error_message"]) == ("sent", 2, None)
     assert view["sent_at"] is not None and view["next_attempt_at"] is None
     assert log_path.read_text().count(f'"id":"{failed_log.id}"') == 1
-    assert len([rid for rid in r.hkeys(KEYS.notifications) if rid == failed_log.id]) == 1
+    assert len([rid for rid in all_records(r) if rid == failed_log.id]) == 1
     assert_indexes_agree(r)
 
 
@@ -328,7 +333,7 @@ def test_retention_drops_old_records_with_every_index_entry(
         return await NotifyHandler(StageContext.build(settings, client)).housekeeping()
 
     assert with_store(redis_url, expire) == len(made) - len(recent)
-    assert set(r.hkeys(KEYS.notifications)) == recent
+    assert set(all_records(r)) == recent
     assert_indexes_agree(r)  # no index, customer set or schedule entry points at a dropped one
     assert not r.hexists(KEYS.notification_leases, old_id)
     stats = with_store(redis_url, lambda store: store.stats(0))
@@ -340,7 +345,7 @@ def test_retention_drops_old_records_with_every_index_entry(
         return await NotifyHandler(StageContext.build(settings, store.client)).housekeeping()
 
     assert with_store(redis_url, keep) == 0
-    assert set(r.hkeys(KEYS.notifications)) == recent
+    assert set(all_records(r)) == recent
 
 
 def test_preferences_read_default_then_replaced_and_validated(api: LiveApi) -> None:

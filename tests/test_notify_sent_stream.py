@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import redis
 
-from streamproc.models import Line, Order
+from streamproc.models import Line, Order, encode_order
 from streamproc.notification_store import ClaimRequest, NotificationStore, PageQuery, Settlement
 from streamproc.notifications import Notification, new_record
 from tests.notify_support import KEYS, assert_indexes_agree, index_entries, with_store
@@ -20,8 +20,12 @@ SENT_SET = KEYS.notification_index("success", "log", "sent")
 SENT_STREAM = KEYS.notification_sent_stream("success", "log")
 
 
-def record_of(order_id: str, created: int) -> Notification:
+def record_of(order_id: str, created: int, r: redis.Redis | None = None) -> Notification:
+    """A record of a new order; the order is stored too when `r` is given (a streamed record is
+    found by id through its order's customer)."""
     order = Order(order_id, 7, "Name", "USD", "2026-11-18T00:00:00Z", [Line("SKU-1", "", 1, 250)])
+    if r is not None:
+        r.hset(KEYS.order(order_id), mapping={"s": "completed", "d": encode_order(order)})
     record = new_record(order, "completed", "log", max_attempts=3)
     record.attempts, record.created_ms = 1, created
     return record
@@ -29,7 +33,9 @@ def record_of(order_id: str, created: int) -> Notification:
 
 async def first_attempt(store: NotificationStore, record: Notification, outcome: str) -> None:
     """Claim and settle a record's first attempt with outcome sent, retry (pending) or failed."""
-    request = ClaimRequest(record.id, record.order_reference, log_offset=-1)
+    request = ClaimRequest(
+        record.id, record.order_reference, log_offset=-1, customer_id=record.customer_id
+    )
     (claim,) = await store.claim(OWNER, record.created_ms, 60_000, [request])
     assert claim.verdict == "new"
     if outcome == "sent":
@@ -56,7 +62,7 @@ def test_first_sends_go_to_the_stream_and_pages_merge_it_with_the_sets(
     redis_url: str, r: redis.Redis
 ) -> None:
     outcomes = ["sent", "retry", "sent", "failed", "sent", "sent"]
-    records = [record_of(f"S{n}", T0 + 10 * n) for n in range(len(outcomes))]
+    records = [record_of(f"S{n}", T0 + 10 * n, r) for n in range(len(outcomes))]
 
     async def work(store: NotificationStore) -> dict[str, object]:
         for record, outcome in zip(records, outcomes, strict=True):

@@ -14,25 +14,28 @@
 -- the record is due again then.
 -- KEYS[1] records hash  KEYS[2] leases hash  KEYS[3] schedule zset
 -- KEYS[3+i] order hash of the i-th request (any key of this slot when its state is "")
--- ARGV[1] owner  ARGV[2] now (ms)  ARGV[3] lease (ms)
--- then 4 per request: record id, the state its message carries ("" = no check), its attempt, and
+-- ARGV[1] owner  ARGV[2] now (ms)  ARGV[3] lease (ms)  ARGV[4] customer index key prefix
+-- then 5 per request: record id, the state its message carries ("" = no check), its attempt,
 -- the log offset read before this call for a first attempt (-1 for email; "" = never create: a
--- missing record is "gone")
+-- missing record is "gone"), and its customer id ("" = unknown): a record that is not in the
+-- hash but in its customer's set was sent at its first attempt and lives in its sent stream
+-- (lib/notification.lua), so it is "done"
 -- Leases: existing record: owner|expiry; first attempt: owner|expiry|log offset|attempts.
 -- Returns 2 values per request: new | recover | resume | busy | scheduled | done | stale | gone,
 -- and the stored record when the verdict is resume, `offset|attempts` of the dead attempt when it
 -- is recover ("" otherwise).
 -- include: notification
 -- include: order
-local owner, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local n = (#ARGV - 3) / 4
+local owner, now, ttl, customer_prefix = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local n = (#ARGV - 4) / 5
 local expiry = string.format("%.0f", now + ttl)
 local lease_value = owner .. "|" .. expiry
 local seen = {}
 local out = {}
 for i = 1, n do
-  local b = 3 + 4 * (i - 1)
+  local b = 4 + 5 * (i - 1)
   local id, state, attempt, offset = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local customer = ARGV[b + 5]
   local verdict, stored = nil, ""
   if seen[id] then
     verdict = "done" -- a second message for one record in this batch: the first one decides
@@ -45,7 +48,9 @@ for i = 1, n do
   if not verdict then
     seen[id] = true
     local record = redis.call("HGET", KEYS[1], id)
-    if not record then
+    if not record and customer ~= "" and redis.call("ZSCORE", customer_prefix .. customer, id) then
+      verdict = "done" -- sent at its first attempt: kept in its sent stream, not the hash
+    elseif not record then
       if offset == "" then
         redis.call("ZREM", KEYS[3], id)
         verdict = "gone"

@@ -14,9 +14,10 @@
 local cutoff, budget, customer_prefix = "(" .. ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local dropped = 0
 
--- Record `id` and everything else it has, but its index entry.
-local function drop(id)
-  local record = redis.call("HGET", KEYS[1], id)
+-- Record `id` and everything else it has, but its index entry (`record`: its text when it is
+-- kept in a sent stream's entry, not the hash).
+local function drop(id, record)
+  record = record or redis.call("HGET", KEYS[1], id)
   local customer = record and note_customer(record)
   if customer then
     redis.call("ZREM", customer_prefix .. customer, id)
@@ -34,7 +35,7 @@ local function drop_entries(key, kind, channel, most)
   end
   local entries, days, day_fields = {}, {}, {}
   for j, entry in ipairs(got) do
-    drop(entry[2][2] .. ":" .. kind .. ":" .. channel)
+    drop(note_field(entry, "i") .. ":" .. kind .. ":" .. channel, note_field(entry, "r"))
     entries[j] = entry[1]
     local field = note_day_field(kind .. ":" .. channel, note_entry_score(entry[1]))
     if not days[field] then

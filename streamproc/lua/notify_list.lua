@@ -9,6 +9,7 @@
 -- ARGV[1] upper score bound of this page ("(<cursor>" after a cursor)  ARGV[2] lower bound
 -- ARGV[3] page size  ARGV[4] type ("" = any)  ARGV[5] channel ("" = any)
 -- ARGV[6] status code p|s|f ("" = any)  ARGV[7] upper bound of the whole listing (for the total)
+-- ARGV[8] index key prefix (the sent streams' names)
 -- Returns {next cursor ("" after the last page), total, then 4 per record: id, score, record,
 -- due ms ("" unless pending)}.
 -- include: notification
@@ -16,16 +17,20 @@ local lo, limit = ARGV[2], tonumber(ARGV[3])
 local want_kind, want_channel, want_status = ARGV[4], ARGV[5], ARGV[6]
 local filtered = want_kind ~= "" or want_channel ~= "" or want_status ~= ""
 local chunk = limit + 1
+local ix_prefix = ARGV[8]
+local streamed = {} -- record id -> text, for the records read from sent streams' entries
 
--- The record of `id` when it passes the filters, else nil.
-local function accept(id)
+-- The record of `id` (scored `score`) when it passes the filters, else nil. A record in neither
+-- a stream chunk nor the hash was sent at its first attempt and is read from its sent stream.
+local function accept(id, score)
   if want_kind ~= "" or want_channel ~= "" then
     local kind, channel = string.match(id, ":(%a+):(%a+)$")
     if (want_kind ~= "" and kind ~= want_kind) or (want_channel ~= "" and channel ~= want_channel) then
       return nil
     end
   end
-  local record = redis.call("HGET", KEYS[1], id)
+  local record = streamed[id] or redis.call("HGET", KEYS[1], id) or
+    note_streamed(ix_prefix, id, score)
   if not record or (want_status ~= "" and note_status(record) ~= want_status) then
     return nil
   end
@@ -53,8 +58,10 @@ local function stream_chunk(s, hi, count)
     -- and formatting the numbers, which a page would do for every entry it reads.
     local id = entry[1]
     local dash = string.find(id, "-", 1, true)
-    flat[2 * j - 1] = entry[2][2] .. s.suffix
+    local record_id = note_field(entry, "i") .. s.suffix
+    flat[2 * j - 1] = record_id
     flat[2 * j] = string.sub(id, 1, dash - 1) .. string.sub("00" .. string.sub(id, dash + 1), -3)
+    streamed[record_id] = note_field(entry, "r")
   end
   return flat
 end
@@ -146,7 +153,7 @@ while true do
     break
   end
   best.pos = best.pos + 2
-  local record = accept(best_id)
+  local record = accept(best_id, best_score)
   if record then
     if count == limit then
       next_cursor = items[#items - 2] -- the score of the last record on this page
@@ -170,16 +177,17 @@ for k = 4, #KEYS do
   else
     local upper = ARGV[7]
     while true do
-      local got = redis.call("ZRANGE", KEYS[k], upper, lo, "BYSCORE", "REV", "LIMIT", 0, 500)
-      for _, id in ipairs(got) do
-        if accept(id) then
+      local got = redis.call("ZRANGE", KEYS[k], upper, lo, "BYSCORE", "REV", "LIMIT", 0, 500,
+        "WITHSCORES")
+      for j = 1, #got, 2 do
+        if accept(got[j], got[j + 1]) then
           total = total + 1
         end
       end
-      if #got < 500 then
+      if #got < 1000 then
         break
       end
-      upper = "(" .. redis.call("ZSCORE", KEYS[k], got[#got])
+      upper = "(" .. got[#got]
     end
   end
 end

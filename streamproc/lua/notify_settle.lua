@@ -2,10 +2,10 @@
 -- batch keeps a record, its index (status), its customer set, its schedule entry and its lease in
 -- agreement:
 --   create  a first attempt (notify_claim.lua said new or recover): store the record once, with
---           its outcome (sent, failed, or pending with a retry due); add it to the index of that
---           status (sent: its sent stream, lib/notification.lua) and to its customer's set,
---           scored by its creation; due on the schedule when pending; lease released. Refused
---           when a record exists already.
+--           its outcome (sent, failed, or pending with a retry due), in the records hash and the
+--           index of that status, or when sent in its sent stream's entry (lib/notification.lua),
+--           and in its customer's set, scored by its creation; due on the schedule when pending;
+--           lease released. Refused when a record exists already.
 --   begin   store the record (attempts + 1, the log's offset) before a retried send
 --   sent    store it sent; pending -> sent index; off the schedule; lease released
 --   retry   store it (error, attempts) still pending; due again at the given time; lease released
@@ -31,9 +31,10 @@ local days, day_fields = {}, {} -- the days hash's increments, written once afte
 -- twice: the day field is built then, not formatted and hashed again for every record.
 local streams = {}
 
--- Append a record sent at its first attempt to its sent stream; false when the stream refuses
--- the id (its last entry is not older: the clock key was lost), and then the set takes it.
-local function sent_stream(id, score)
+-- Append a record sent at its first attempt, with its text, to its sent stream; false when the
+-- stream refuses the id (its last entry is not older: the clock key was lost), and then the
+-- records hash and the sent set take it.
+local function sent_stream(id, score, record)
   local pair = string.match(id, "%a+:%a+$")
   local s = streams[pair]
   if not s then
@@ -42,7 +43,7 @@ local function sent_stream(id, score)
   end
   local ms = math.floor(score / 1000)
   local added = redis.pcall("XADD", s[1], string.format("%.0f-%d", ms, score - ms * 1000), "i",
-    string.sub(id, 1, #id - #pair - 1))
+    string.sub(id, 1, #id - #pair - 1), "r", record)
   if type(added) == "table" and added.err then
     return false
   end
@@ -64,10 +65,14 @@ for i = 1, n do
   if holder ~= owner then
     out[i] = 0
   elseif op == "create" then
-    -- HSETNX: the record's absence is checked and the record written in one command. Another
-    -- of this owner's batches (one owner per process) may have created it meanwhile, and may
-    -- hold the lease again for a retry: then nothing here is touched.
-    if redis.call("HSETNX", KEYS[1], id, record) == 0 then
+    -- Another of this owner's batches (one owner per process) may have created the record
+    -- meanwhile, and may hold the lease again for a retry: then nothing here is touched. Every
+    -- record is in its customer's set, wherever it is stored, so that set tells; HSETNX checks
+    -- the hash too for one that goes there, in the command that writes it.
+    local customer_key = customer_prefix .. note_customer(record)
+    local status = note_status(record)
+    if redis.call("ZSCORE", customer_key, id) or
+        (status ~= "s" and redis.call("HSETNX", KEYS[1], id, record) == 0) then
       out[i] = 0
     else
       -- Creation scores: ms x 1000, above the last one handed out, so each is unique, scores
@@ -78,11 +83,13 @@ for i = 1, n do
       end
       clock = math.max(tonumber(created) * 1000, clock + 1)
       local score = string.format("%.0f", clock)
-      local status = note_status(record)
-      if status ~= "s" or not sent_stream(id, clock) then
+      if status ~= "s" then
+        redis.call("ZADD", note_index(ix_prefix, id, status), score, id)
+      elseif not sent_stream(id, clock, record) then
+        redis.call("HSET", KEYS[1], id, record)
         redis.call("ZADD", note_index(ix_prefix, id, status), score, id)
       end
-      redis.call("ZADD", customer_prefix .. note_customer(record), score, id)
+      redis.call("ZADD", customer_key, score, id)
       if status == "p" then
         redis.call("ZADD", KEYS[3], due, id)
       end

@@ -17,13 +17,15 @@ local function note_index(prefix, id, code)
   return prefix .. kind .. ":" .. channel .. ":" .. NOTE_STATUS[code]
 end
 
--- Records sent at their first attempt (nearly all) are indexed in a stream per type and channel
--- instead of the sent set: created in score order (the clock only grows), they are appended with
--- their score as the entry id (`<ms>-<tie-breaker>`) and never move, so an entry (~25 bytes)
--- stands in for a sorted-set member (~130). Entries hold the order id (field i); the stream's name
+-- Records sent at their first attempt (nearly all) are kept in a stream per type and channel
+-- instead of the records hash and the sent set: created in score order (the clock only grows),
+-- they are appended with their score as the entry id (`<ms>-<tie-breaker>`) and never change
+-- again, so an entry (~70 bytes with the text) stands in for a hash field and a sorted-set member
+-- (~245). Entries hold the order id (field i) and the record's text (field r); the stream's name
 -- holds the type and channel. Sizes per UTC day of creation, for totals over dates, are kept in
 -- the days hash (`<type>:<channel>:<epoch day>` -> entries). Records that reach sent later stay
--- in the sent set, so a listing merges both.
+-- in the hash and the sent set, so a listing merges both. Every record is in its customer's set
+-- with its score: that is how a streamed record is found by id.
 local NOTE_DAY_MS = 86400000
 local NOTE_DAY_SCORE = 1000 * NOTE_DAY_MS -- the scores of one UTC day
 
@@ -52,6 +54,25 @@ end
 -- The days hash field of a sent stream's entry: its type and channel `pair`, and the UTC day.
 local function note_day_field(pair, score)
   return pair .. ":" .. math.floor(score / NOTE_DAY_SCORE) -- an integer below 1e14: as %d
+end
+
+-- An entry's field `name` (nil when it has none).
+local function note_field(entry, name)
+  local fields = entry[2]
+  for k = 1, #fields, 2 do
+    if fields[k] == name then
+      return fields[k + 1]
+    end
+  end
+  return nil
+end
+
+-- The text of record `id` kept in its sent stream (found by its score), or nil.
+local function note_streamed(prefix, id, score)
+  local entry_id = note_entry_id(score)
+  local got = redis.call("XRANGE", note_sent_stream(prefix, string.match(id, "%a+:%a+$")),
+    entry_id, entry_id)
+  return got[1] and note_field(got[1], "r")
 end
 
 -- Move record `id` from the index of status `from` to that of `to`, keeping its score.
