@@ -87,6 +87,9 @@ def test_first_sends_go_to_the_stream_and_pages_merge_it_with_the_sets(
             # Not whole days: the stream's entries are counted, not read from the days hash.
             "window": await ids(PageQuery(status="sent", from_ms=T0 + 5, until_ms=T0 + 45)),
             "got": await store.get([records[0].id, records[1].id]),
+            # A cursor below every score (the API takes 0) and a cutoff at 0: empty, no error.
+            "below": await store.page(PageQuery(cursor=0)),
+            "expired": await store.expire(0),
             "stats": await store.stats(T0 - T0 % 86_400_000),
         }
 
@@ -101,6 +104,9 @@ def test_first_sends_go_to_the_stream_and_pages_merge_it_with_the_sets(
     assert seen["all"] == (ids[::-1], {6})
     assert seen["sent"] == ([ids[5], ids[4], ids[2], ids[1], ids[0]], {5})
     assert seen["window"] == ([ids[4], ids[2], ids[1]], {3})
+    below = seen["below"]
+    assert (below.items, below.next_cursor, below.total) == ([], None, 6)  # type: ignore[attr-defined]
+    assert seen["expired"] == 0
     # A streamed record's creation time comes from its customer's set.
     assert [g.created_ms for g in seen["got"]] == [T0, T0 + 10]  # type: ignore[union-attr]
     stats = seen["stats"]

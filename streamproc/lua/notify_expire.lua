@@ -29,6 +29,9 @@ end
 
 -- The oldest entries of a sent stream, with their records and their days' counts.
 local function drop_entries(key, kind, channel, most)
+  if tonumber(ARGV[1]) <= 0 then
+    return 0 -- no entry is older (and an exclusive "(0-0" would be refused)
+  end
   local got = redis.call("XRANGE", key, "-", "(" .. note_entry_id(ARGV[1]), "COUNT", most)
   if #got == 0 then
     return 0

@@ -50,8 +50,11 @@ end
 
 -- A chunk of a sent stream, newest first below `hi`, as ZRANGE WITHSCORES gives a set's: id, score.
 local function stream_chunk(s, hi, count)
-  local got = redis.call("XREVRANGE", s.key, entry_bound(hi, "+"), entry_bound(lo, "-"), "COUNT",
-    count)
+  local upper = entry_bound(hi, "+")
+  if upper == "(0-0" then
+    return {} -- below the first possible id (a cursor of 0): nothing, and XREVRANGE would refuse
+  end
+  local got = redis.call("XREVRANGE", s.key, upper, entry_bound(lo, "-"), "COUNT", count)
   local flat = {}
   for j, entry in ipairs(got) do
     -- "<ms>-<tie-breaker below 1000>" -> "<ms><3 digits>": string cuts cost a quarter of parsing
