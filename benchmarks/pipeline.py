@@ -47,7 +47,7 @@ from benchmarks.common import (
 )
 from benchmarks.generate import write_orders
 from benchmarks.memory import memory_by_family
-from streamproc.keys import Keys
+from streamproc.keys import STAGES, Keys
 from streamproc.orderview import order_timeline
 from streamproc.status import collect_status
 
@@ -227,6 +227,7 @@ def _drive(
         out.cpu_rewrites = process_cpu_seconds(server_pid, children=True) - cpu_rewrites
         out.aof_rewrites = int(client.info("persistence")["aof_rewrites"]) - rewrites
         out.cpu_consumers = sum(process_cpu_seconds(p.pid) for p in consumers) - cpu_consumers
+        _wait_trimmed(client)
         if on_drained:
             on_drained()
     finally:
@@ -236,6 +237,17 @@ def _drive(
             proc.wait(30)
         client.close()
     return out
+
+
+def _wait_trimmed(client: redis.Redis, timeout_s: float = 5.0) -> None:
+    """Until the consumers' once-a-second trim has run after the drain (at most one entry left
+    per stage stream), so the memory per order is measured with the streams trimmed."""
+    keys = Keys()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sum(int(client.xlen(keys.stream(stage))) for stage in STAGES) <= len(STAGES):
+            return
+        time.sleep(0.1)
 
 
 def _latency_figures(stamps: list[list[int]]) -> dict[str, Any]:
