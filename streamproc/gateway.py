@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from streamproc.keys import Keys
 from streamproc.lua import AsyncScripts
 from streamproc.metrics import ConsumerMetrics
+from streamproc.replies import text
 
 
 def idempotency_key(order_id: str, attempt: int) -> str:
@@ -33,13 +34,7 @@ def ledger_keys(order_id: str, attempt: int) -> list[str]:
 
 def successful_charges(records: Iterable[bytes | str | None]) -> int:
     """How many of these ledger results (None: key never called) are approvals, i.e. charges."""
-    count = 0
-    for record in records:
-        if isinstance(record, bytes):
-            count += record.startswith(b"ok:")
-        elif record is not None:
-            count += record.startswith("ok:")
-    return count
+    return sum(text(record).startswith("ok:") for record in records)
 
 
 def simulated_outcome(seed: int, key: str, success_rate: float) -> bool:

@@ -286,17 +286,11 @@ class NotificationStore:
         ]
         pipe = self.client.pipeline(transaction=False)
         for rid, record in found:
-            # A record sent at its first attempt is in a sent stream, which has no lookup by id:
-            # its customer's set holds the same score.
             pipe.zscore(self.index_key(rid, record.status), rid)
-            pipe.zscore(self.keys.notification_customer(record.customer_id), rid)
             pipe.zscore(self._schedule, rid)
         scores = await pipe.execute()
         by_id: dict[str, Notification] = {}
-        for (rid, record), indexed, by_customer, due in zip(
-            found, scores[0::3], scores[1::3], scores[2::3], strict=True
-        ):
-            created = indexed if indexed is not None else by_customer
+        for (rid, record), created, due in zip(found, scores[0::2], scores[1::2], strict=True):
             record.created_ms = created_ms_of(created) if created is not None else 0
             record.due_ms = int(due) if due is not None and record.status == PENDING else 0
             by_id[rid] = record
@@ -332,12 +326,9 @@ class NotificationStore:
         entries = await pipe.execute()
         found: dict[str, Notification] = {}
         for (rid, score), got in zip(scored, entries, strict=True):
-            text_of = dict(got[0][1]) if got else {}
-            raw = text_of.get(b"r", text_of.get("r"))
+            raw = got[0][1].get(b"r") if got else None
             if raw:
-                found[rid] = decode_record(
-                    rid, raw if isinstance(raw, bytes) else raw.encode(), created_ms_of(score)
-                )
+                found[rid] = decode_record(rid, raw, created_ms_of(score))
         return found
 
     async def stats(self, since_ms: int) -> Stats:

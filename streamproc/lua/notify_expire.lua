@@ -29,23 +29,19 @@ end
 
 -- The oldest entries of a sent stream, with their records and their days' counts.
 local function drop_entries(key, kind, channel, most)
-  if tonumber(ARGV[1]) <= 0 then
-    return 0 -- no entry is older (and an exclusive "(0-0" would be refused)
+  local below = note_below(ARGV[1])
+  if not below then
+    return 0
   end
-  local got = redis.call("XRANGE", key, "-", "(" .. note_entry_id(ARGV[1]), "COUNT", most)
+  local got = redis.call("XRANGE", key, "-", below, "COUNT", most)
   if #got == 0 then
     return 0
   end
-  local entries, days, day_fields = {}, {}, {}
+  local pair, entries, days, day_fields = kind .. ":" .. channel, {}, {}, {}
   for j, entry in ipairs(got) do
-    drop(note_field(entry, "i") .. ":" .. kind .. ":" .. channel, note_field(entry, "r"))
+    drop(note_field(entry, "i") .. ":" .. pair, note_field(entry, "r"))
     entries[j] = entry[1]
-    local field = note_day_field(kind .. ":" .. channel, note_entry_score(entry[1]))
-    if not days[field] then
-      days[field] = 0
-      day_fields[#day_fields + 1] = field
-    end
-    days[field] = days[field] + 1
+    note_count(days, day_fields, note_day_field(pair, note_entry_score(entry[1])), 1)
   end
   redis.call("XDEL", key, unpack(entries))
   if redis.call("XLEN", key) == 0 then

@@ -37,13 +37,14 @@ local function accept(id, score)
   return record
 end
 
--- A score bound ("-inf", "+inf", "<score>", "(<score>") as a stream range bound.
+-- A score bound ("-inf", "+inf", "<score>", "(<score>") as a stream range bound; nil when the
+-- range is empty (an exclusive bound that no entry id is below).
 local function entry_bound(bound, open_end)
   if bound == "-inf" or bound == "+inf" then
     return open_end
   end
   if string.sub(bound, 1, 1) == "(" then
-    return "(" .. note_entry_id(string.sub(bound, 2))
+    return note_below(string.sub(bound, 2))
   end
   return note_entry_id(bound)
 end
@@ -51,8 +52,8 @@ end
 -- A chunk of a sent stream, newest first below `hi`, as ZRANGE WITHSCORES gives a set's: id, score.
 local function stream_chunk(s, hi, count)
   local upper = entry_bound(hi, "+")
-  if upper == "(0-0" then
-    return {} -- below the first possible id (a cursor of 0): nothing, and XREVRANGE would refuse
+  if not upper then
+    return {}
   end
   local got = redis.call("XREVRANGE", s.key, upper, entry_bound(lo, "-"), "COUNT", count)
   local flat = {}
@@ -108,6 +109,8 @@ local function whole_days(score)
   return nil
 end
 
+local days -- the days hash, once a total needs it
+
 -- How many entries of a sent stream are scored in [lo, top): its length when unbounded, the days
 -- hash's counts when both bounds are day starts (the API's dates), else counted a chunk at a time.
 local function stream_count(s, top)
@@ -120,7 +123,7 @@ local function stream_count(s, top)
     (string.sub(top, 1, 1) == "(" and tonumber(string.sub(top, 2)) or nil))
   if from and to then
     local prefix = string.sub(s.suffix, 2) .. ":"
-    local days = redis.call("HGETALL", KEYS[3])
+    days = days or redis.call("HGETALL", KEYS[3]) -- read once for every stream of the listing
     local total = 0
     for i = 1, #days, 2 do
       if string.sub(days[i], 1, #prefix) == prefix then

@@ -35,26 +35,21 @@ local streams = {}
 -- stream refuses the id (its last entry is not older: the clock key was lost), and then the
 -- records hash and the sent set take it.
 local function sent_stream(id, score, record)
-  local pair = string.match(id, "%a+:%a+$")
+  local pair = note_pair(id)
   local s = streams[pair]
   if not s then
     s = { note_sent_stream(ix_prefix, pair), -1, "" }
     streams[pair] = s
   end
-  local ms = math.floor(score / 1000)
-  local added = redis.pcall("XADD", s[1], string.format("%.0f-%d", ms, score - ms * 1000), "i",
+  local added = redis.pcall("XADD", s[1], note_entry_id(score), "i",
     string.sub(id, 1, #id - #pair - 1), "r", record)
   if type(added) == "table" and added.err then
     return false
   end
   if score < s[2] or score >= s[2] + NOTE_DAY_SCORE then
     s[2], s[3] = math.floor(score / NOTE_DAY_SCORE) * NOTE_DAY_SCORE, note_day_field(pair, score)
-    if not days[s[3]] then
-      days[s[3]] = 0
-      day_fields[#day_fields + 1] = s[3]
-    end
   end
-  days[s[3]] = days[s[3]] + 1
+  note_count(days, day_fields, s[3], 1)
   return true
 end
 

@@ -29,6 +29,11 @@ end
 local NOTE_DAY_MS = 86400000
 local NOTE_DAY_SCORE = 1000 * NOTE_DAY_MS -- the scores of one UTC day
 
+-- A record id's type and channel, "<type>:<channel>" (the id is `<order>:<type>:<channel>`).
+local function note_pair(id)
+  return string.match(id, "%a+:%a+$")
+end
+
 -- The sent stream of the records of type and channel `pair` ("<type>:<channel>").
 local function note_sent_stream(prefix, pair)
   return prefix .. pair .. ":sent:stream"
@@ -46,6 +51,15 @@ local function note_entry_id(score)
   return string.format("%.0f-%d", ms, n - ms * 1000)
 end
 
+-- The exclusive stream range bound just below score `score`, or nil when no entry id can be
+-- below it (a score of 0 or less: "(0-0" is no id Redis takes).
+local function note_below(score)
+  if tonumber(score) <= 0 then
+    return nil
+  end
+  return "(" .. note_entry_id(score)
+end
+
 local function note_entry_score(entry_id)
   local ms, seq = string.match(entry_id, "^(%d+)-(%d+)$")
   return tonumber(ms) * 1000 + tonumber(seq)
@@ -54,6 +68,15 @@ end
 -- The days hash field of a sent stream's entry: its type and channel `pair`, and the UTC day.
 local function note_day_field(pair, score)
   return pair .. ":" .. math.floor(score / NOTE_DAY_SCORE) -- an integer below 1e14: as %d
+end
+
+-- Adds `by` to `into[field]`, listing a new field in `fields`: sums written once per script.
+local function note_count(into, fields, field, by)
+  if not into[field] then
+    into[field] = 0
+    fields[#fields + 1] = field
+  end
+  into[field] = into[field] + by
 end
 
 -- An entry's field `name` (nil when it has none).
@@ -70,8 +93,7 @@ end
 -- The text of record `id` kept in its sent stream (found by its score), or nil.
 local function note_streamed(prefix, id, score)
   local entry_id = note_entry_id(score)
-  local got = redis.call("XRANGE", note_sent_stream(prefix, string.match(id, "%a+:%a+$")),
-    entry_id, entry_id)
+  local got = redis.call("XRANGE", note_sent_stream(prefix, note_pair(id)), entry_id, entry_id)
   return got[1] and note_field(got[1], "r")
 end
 
