@@ -46,7 +46,12 @@ import redis
 
 from benchmarks.common import machine, private_server, save
 from benchmarks.generate import write_orders
-from streamproc.gateway import idempotency_key, ledger_keys, simulated_outcome, successful_charges
+from streamproc.gateway import (
+    idempotency_key,
+    order_results,
+    simulated_outcome,
+    successful_charges,
+)
 from streamproc.keys import Keys
 from streamproc.orderview import order_timeline
 from streamproc.stock import show_stock
@@ -301,14 +306,13 @@ def streamproc_outcome(client: redis.Redis, log: Path) -> Outcome:
     charges: dict[str, int] = {}
     last_ms = 0
     prefix = keys.order_prefix
-    ledger = {k.decode(): v for k, v in client.hgetall(keys.gateway_ledger).items()}
     for key in set(client.scan_iter(match=keys.order_pattern, count=1000)):
         state, attempt, history, created = client.hmget(key, ["s", "a", "h", "c"])
         order_id = key.decode()[len(prefix) :]
         states[order_id] = state.decode()
         # The gateway keeps no charge counter: count the order's keys whose first result is ok.
-        attempt_keys = ledger_keys(order_id, int(attempt or 1))
-        charges[order_id] = successful_charges(ledger.get(k) for k in attempt_keys)
+        results = order_results(client, keys, order_id, int(created or 0), int(attempt or 1))
+        charges[order_id] = successful_charges(results)
         last_ms = max(last_ms, order_timeline(history, created, None)[1])
     stock = {
         r.sku: (r.initial, r.available, r.reserved, r.committed) for r in show_stock(client, keys)

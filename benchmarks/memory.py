@@ -21,6 +21,7 @@ def families(keys: Keys) -> list[tuple[str, str]]:
         ("notification customer indexes", keys.notification_customer_prefix),
         ("leaderboards", keys.leaderboard_prefix()),
         ("stock reservations", keys.reservations),
+        ("stock reservations", keys.reservation_bucket(":")[:-1]),  # every bucket: "…:rsv:"
         ("stock", stock_slot),
         ("simulated gateway", ledger_slot),
         ("dead letters", keys.dead_letters),

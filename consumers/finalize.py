@@ -19,7 +19,11 @@ class FinalizeHandler:
 
     async def handle(self, batch: list[Message]) -> list[Decision]:
         """Settle every reservation of the batch in one script call."""
-        requests = [StockRequest(m.reservation_key, m.order.quantities()) for m in batch if m.order]
+        requests = [
+            StockRequest(m.reservation_key, m.order.quantities(), m.bucket)
+            for m in batch
+            if m.order
+        ]
         states = await self.stock.settle(requests, commit=self.commit_stock)
         expected = "c" if self.commit_stock else "x"
         return [

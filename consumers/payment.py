@@ -23,6 +23,7 @@ class PaymentHandler:
                 m.order_id,
                 m.order.total_cents,
                 m.order.currency,
+                m.bucket,
             )
             for m in batch
             if m.order

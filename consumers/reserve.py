@@ -17,7 +17,11 @@ class ReserveHandler:
 
     async def handle(self, batch: list[Message]) -> list[Decision]:
         """One stock script call for the whole batch."""
-        requests = [StockRequest(m.reservation_key, m.order.quantities()) for m in batch if m.order]
+        requests = [
+            StockRequest(m.reservation_key, m.order.quantities(), m.bucket)
+            for m in batch
+            if m.order
+        ]
         results = await self.stock.reserve(requests)
         return [
             Decision(m, "reserved") if r == "r" else Decision(m, "failed", r.removeprefix("f:"))

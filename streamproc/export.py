@@ -11,8 +11,8 @@ import msgspec
 import redis
 
 from streamproc.clock import iso_ms
-from streamproc.gateway import ledger_keys, successful_charges
-from streamproc.keys import Keys
+from streamproc.gateway import ledger_keys, ledger_results, successful_charges
+from streamproc.keys import Keys, record_bucket
 from streamproc.models import decode_order
 from streamproc.money import format_cents
 from streamproc.orderview import TimelineStep, order_timeline
@@ -90,11 +90,18 @@ def _load(
         pipe.hmget(key, list(_FIELDS))
     rows = pipe.execute()
     ids = [key[len(prefix) :].decode() for key in batch]
-    # Every ledger key of the page's orders (attempts 1..a each) in one HMGET, read back in order.
+    # The ledger keys of the page's orders (attempts 1..a each): one HMGET per order's bucket and
+    # one for all of them in the hash of results recorded before buckets, in one round trip.
     per_order = [ledger_keys(oid, int(row[1] or 1)) for oid, row in zip(ids, rows, strict=True)]
-    records = iter(client.hmget(keys.gateway_ledger, [k for ks in per_order for k in ks]))
-    for order_id, row, ledger in zip(ids, rows, per_order, strict=True):
-        charged = successful_charges(islice(records, len(ledger)))
+    pipe = client.pipeline(transaction=False)
+    for oid, row, names in zip(ids, rows, per_order, strict=True):
+        created = int(row[4]) if row[4] and row[4].isdigit() else 0
+        pipe.hmget(keys.gateway_bucket(record_bucket(created, oid)), names)
+    pipe.hmget(keys.gateway_ledger, [k for ks in per_order for k in ks])
+    *bucketed, before = pipe.execute()
+    earlier = iter(before)
+    for order_id, row, ledger, found in zip(ids, rows, per_order, bucketed, strict=True):
+        charged = successful_charges(ledger_results(found, list(islice(earlier, len(ledger)))))
         state, attempt, payload, payment, created, updated, history = row
         if payload is None:
             continue  # deleted between SCAN and read

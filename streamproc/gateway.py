@@ -16,7 +16,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from streamproc.keys import Keys
+import redis
+
+from streamproc.keys import Keys, bucket_keys, record_bucket
 from streamproc.lua import AsyncScripts
 from streamproc.metrics import ConsumerMetrics
 from streamproc.replies import text
@@ -30,6 +32,34 @@ def idempotency_key(order_id: str, attempt: int) -> str:
 def ledger_keys(order_id: str, attempt: int) -> list[str]:
     """The idempotency keys of an order's attempts 1..attempt: every key it can be charged under."""
     return [idempotency_key(order_id, n) for n in range(1, max(attempt, 1) + 1)]
+
+
+def ledger_reads(keys: Keys, order_id: str, created_ms: int, attempt: int) -> list[tuple[str, ...]]:
+    """The commands reading the results of an order's attempts 1..attempt: from its ledger
+    bucket, then from the hash of results recorded before buckets (merge with ledger_results)."""
+    names = ledger_keys(order_id, attempt)
+    bucket = keys.gateway_bucket(record_bucket(created_ms, order_id))
+    return [("HMGET", bucket, *names), ("HMGET", keys.gateway_ledger, *names)]
+
+
+def ledger_results(
+    bucketed: Sequence[bytes | None], before: Sequence[bytes | None]
+) -> list[bytes | None]:
+    """Per key, the result in its bucket, else the one recorded before buckets (or None)."""
+    return [new if new is not None else old for new, old in zip(bucketed, before, strict=True)]
+
+
+def order_results(
+    client: redis.Redis, keys: Keys, order_id: str, created_ms: int, attempt: int
+) -> list[bytes | None]:
+    """An order's ledger results for attempts 1..attempt (None: key never called), read with a
+    blocking client (the CLI, benchmarks and tests)."""
+    (_, bucket, *names), (_, earlier, *_) = ledger_reads(keys, order_id, created_ms, attempt)
+    pipe = client.pipeline(transaction=False)
+    pipe.hmget(bucket, names)
+    pipe.hmget(earlier, names)
+    bucketed, before = pipe.execute()
+    return ledger_results(bucketed, before)
 
 
 def successful_charges(records: Iterable[bytes | str | None]) -> int:
@@ -53,6 +83,8 @@ class Charge:
     order_id: str
     amount_cents: int
     currency: str
+    # Where the ledger keeps its result (keys.record_bucket; "" for the old single hash).
+    bucket: str = ""
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -96,12 +128,15 @@ class PaymentGateway:
         try:
             if self.latency_s:
                 await asyncio.sleep(self.latency_s)
-            args: list[object] = [int(time.time() * 1000), len(charges)]
-            for c in charges:
-                ok = simulated_outcome(self.seed, c.key, self.success_rate)
-                args += [c.key, c.amount_cents, c.currency, "ok" if ok else "declined"]
             keys = [self.keys.gateway_ledger, self.keys.gateway_stats]
-            raw = await self.scripts.run("gateway_charge", keys, args)
+            buckets, slots = bucket_keys(
+                (c.bucket for c in charges), self.keys.gateway_bucket, 1, 3
+            )
+            args: list[object] = [int(time.time() * 1000), len(charges)]
+            for c, slot in zip(charges, slots, strict=True):
+                ok = simulated_outcome(self.seed, c.key, self.success_rate)
+                args += [c.key, slot, c.amount_cents, c.currency, "ok" if ok else "declined"]
+            raw = await self.scripts.run("gateway_charge", keys + buckets, args)
         except Exception:
             if self.metrics is not None:
                 self.metrics.payment_error(len(charges))

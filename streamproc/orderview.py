@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 import redis.asyncio
 
-from streamproc.gateway import idempotency_key, ledger_keys, parse_record, successful_charges
+from streamproc.gateway import ledger_reads, ledger_results, parse_record, successful_charges
 from streamproc.keys import Keys
 from streamproc.models import Order, decode_order
 from streamproc.rawpipe import pipelined
@@ -102,25 +102,18 @@ def _payment(record: bytes | None, charges: int) -> PaymentRecord:
 
 async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> StoredOrder | None:
     """The stored order, or None when there is no such order."""
-    order_fields, first_record = await pipelined(
-        client,
-        [
-            ("HMGET", keys.order(order_id), *ORDER_FIELDS),
-            ("HGET", keys.gateway_ledger, idempotency_key(order_id, 1)),
-        ],
-    )
+    (order_fields,) = await pipelined(client, [("HMGET", keys.order(order_id), *ORDER_FIELDS)])
     state, attempt_raw, stage, payload, note, error, created, updated, history = order_fields
     if state is None or payload is None:
         return None
     # ingest.lua leaves a, k and h out of a new order's hash: these are their values.
     attempt = int(attempt_raw or 1)
     timeline, updated_ms = order_timeline(history, created, updated)
-    records = [first_record]
-    if attempt > 1:  # a re-submitted order was charged under one more key per attempt
-        (later,) = await pipelined(
-            client, [("HMGET", keys.gateway_ledger, *ledger_keys(order_id, attempt)[1:])]
-        )
-        records += later
+    # A re-submitted order was charged under one more key per attempt; the ledger keeps them in
+    # the bucket of the order's creation ms (or, recorded before buckets, in the old hash).
+    created_ms = int(created) if created and created.isdigit() else 0
+    bucketed, before = await pipelined(client, ledger_reads(keys, order_id, created_ms, attempt))
+    records = ledger_results(bucketed, before)
     return StoredOrder(
         order=decode_order(payload),
         state=text(state),

@@ -12,7 +12,7 @@ import msgspec
 import redis
 
 from streamproc.errors import InputFileError
-from streamproc.keys import Keys
+from streamproc.keys import Keys, bucket_keys
 from streamproc.lua import AsyncScripts, SyncScripts
 from streamproc.money import parse_cents
 from streamproc.replies import text
@@ -23,17 +23,19 @@ SKU_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 
 @dataclass(slots=True)  # not frozen: built per order, and a frozen dataclass builds slowly
 class StockRequest:
-    """What one order attempt asks of the stock: its reservation key and quantity per SKU."""
+    """What one order attempt asks of the stock: its reservation key and quantity per SKU, and
+    the bucket its record is kept in (keys.record_bucket; "" for the old single hash)."""
 
     reservation_key: str
     quantities: dict[str, int]
+    bucket: str = ""
 
 
-def _pack(requests: Sequence[StockRequest]) -> list[Any]:
+def _pack(requests: Sequence[StockRequest], slots: Sequence[int]) -> list[Any]:
     args: list[Any] = []
-    for req in requests:
+    for req, slot in zip(requests, slots, strict=True):
         quantities = req.quantities
-        args += (req.reservation_key, len(quantities))
+        args += (req.reservation_key, slot, len(quantities))
         for item in quantities.items():
             args += item  # the (sku, quantity) pair itself: no list built per line
     return args
@@ -51,14 +53,20 @@ class StockLedger:
     async def reserve(self, requests: Sequence[StockRequest]) -> list[str]:
         """Reserve all lines of each request or none: "r", or "f:<reason>" per request."""
         keys = [*(self.keys.stock(c) for c in STOCK_COLUMNS), self.keys.reservations]
-        args = [self.policy, self.default_stock, len(requests), *_pack(requests)]
-        return [text(x) for x in await self.scripts.run("stock_reserve", keys, args)]
+        buckets, slots = bucket_keys(
+            (r.bucket for r in requests), self.keys.reservation_bucket, len(keys), len(keys) + 1
+        )
+        args = [self.policy, self.default_stock, len(requests), *_pack(requests, slots)]
+        return [text(x) for x in await self.scripts.run("stock_reserve", keys + buckets, args)]
 
     async def settle(self, requests: Sequence[StockRequest], commit: bool) -> list[str]:
         """Commit (sold) or release (rolled back) reservations: the state after, per request."""
         keys = [*(self.keys.stock(c) for c in STOCK_COLUMNS[:3]), self.keys.reservations]
-        args = ["commit" if commit else "release", len(requests), *_pack(requests)]
-        return [text(x) for x in await self.scripts.run("stock_settle", keys, args)]
+        buckets, slots = bucket_keys(
+            (r.bucket for r in requests), self.keys.reservation_bucket, len(keys), len(keys) + 1
+        )
+        args = ["commit" if commit else "release", len(requests), *_pack(requests, slots)]
+        return [text(x) for x in await self.scripts.run("stock_settle", keys + buckets, args)]
 
 
 class StockRow(msgspec.Struct, frozen=True):

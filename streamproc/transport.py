@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from streamproc.clock import now_ms, utc_day
 from streamproc.errors import ServerError
-from streamproc.keys import STAGES, Keys
+from streamproc.keys import STAGES, Keys, record_bucket
 from streamproc.lua import AsyncScripts
 from streamproc.models import (
     COMPLETED,
@@ -49,11 +49,18 @@ class Message:
     deliveries: int = 1
     # The order reached a terminal state before this one (entry field r=1, set on terminal fan-out).
     prior: bool = False
+    # The order's creation ms (entry field c; 0 in entries written before it was carried).
+    created_ms: int = 0
 
     @property
     def reservation_key(self) -> str:
         """Idempotency key of this order attempt's stock reservation."""
         return f"{self.order_id}#{self.attempt}"
+
+    @property
+    def bucket(self) -> str:
+        """Where the stock and the gateway keep this order's records (keys.record_bucket)."""
+        return record_bucket(self.created_ms, self.order_id)
 
 
 @dataclass(slots=True)
@@ -93,8 +100,8 @@ def parse_entry(msg_id: bytes, fields: dict[bytes, bytes] | list[bytes]) -> Mess
     """Decode a raw stream entry (a dict, or the flat field/value list the server sends); never
     raises (a bad entry carries `error`)."""
     if isinstance(fields, list):
-        if len(fields) == 8 and fields[0] == b"o" and fields[2] == b"a" and fields[4] == b"s":
-            # The layout every script writes: o, a, s, d. Once per message and stage, so the
+        if len(fields) == 10 and fields[0] == b"o" and fields[8] == b"c" and fields[2] == b"a":
+            # The layout every script writes: o, a, s, d, c. Once per message and stage, so the
             # decoder is called without decode_order's wrapper.
             try:
                 order = _decode_order(fields[7])
@@ -104,6 +111,7 @@ def parse_entry(msg_id: bytes, fields: dict[bytes, bytes] | list[bytes]) -> Mess
                     int(fields[3]),
                     fields[5].decode(),
                     order,
+                    created_ms=int(fields[9]),
                 )
             except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
                 pass  # the slow path below says what is wrong
@@ -111,12 +119,21 @@ def parse_entry(msg_id: bytes, fields: dict[bytes, bytes] | list[bytes]) -> Mess
     order_id = fields.get(b"o", b"").decode("utf-8", "replace")
     try:
         attempt = int(fields.get(b"a", b"1"))
+        created_ms = int(fields.get(b"c", b"0"))
         order = decode_order(fields[b"d"])
     except (KeyError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         return Message(msg_id, order_id, 1, "", None, f"undecodable entry: {exc}")
     state = fields.get(b"s", b"").decode("ascii", "replace")
     prior = fields.get(b"r") == b"1"
-    return Message(msg_id, order_id or order.order_id, attempt, state, order, prior=prior)
+    return Message(
+        msg_id,
+        order_id or order.order_id,
+        attempt,
+        state,
+        order,
+        prior=prior,
+        created_ms=created_ms,
+    )
 
 
 def _group_specs(keys: Keys) -> list[tuple[str, str]]:

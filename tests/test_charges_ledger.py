@@ -1,5 +1,7 @@
 """Successful charges per order are counted from the gateway's ledger, over every attempt's key:
-the export and the API's order view agree, and the gateway keeps no counter of its own."""
+the export and the API's order view agree, and the gateway keeps no counter of its own. The
+ledger keeps results in buckets by the order's creation ms; results recorded before buckets (here:
+every first attempt) stay in the old single hash and still count."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from api.handlers.orders import order_view
 from streamproc.connection import async_client, sync_client
 from streamproc.export import iter_orders
 from streamproc.gateway import Charge, PaymentGateway, ledger_keys, successful_charges
-from streamproc.keys import Keys
+from streamproc.keys import Keys, record_bucket
 from streamproc.lua import AsyncScripts
 from streamproc.models import Line, Order, encode_order
 from streamproc.orderview import load_order
@@ -50,9 +52,11 @@ def charge_through_gateway(url: str) -> None:
             approving = PaymentGateway(scripts, KEYS, 1, 1.0, latency_ms=0)
             declining = PaymentGateway(scripts, KEYS, 1, 0.0, latency_ms=0)
             for order_id, (attempt, outcomes) in PAYMENTS.items():
-                for key, ok in zip(ledger_keys(order_id, attempt), outcomes, strict=False):
+                keys = ledger_keys(order_id, attempt)
+                for n, (key, ok) in enumerate(zip(keys, outcomes, strict=False), start=1):
                     gateway = approving if ok else declining
-                    (result,) = await gateway.charge([Charge(key, order_id, 1250, "USD")])
+                    bucket = record_bucket(CREATED_MS, order_id) if n > 1 else ""
+                    (result,) = await gateway.charge([Charge(key, order_id, 1250, "USD", bucket)])
                     assert result.approved == ok
         finally:
             await client.aclose()
@@ -109,10 +113,20 @@ def test_export_and_order_view_count_charges_from_the_ledger_across_attempts(
         "C1": ("pay:C1", 1),
         "N1": ("pay:N1", 0),
     }
-    # Everything the gateway wrote: its ledger (one key per attempt charged) and its stats.
+    # Everything the gateway wrote: its ledger (one key per attempt charged: the first attempts'
+    # in the old hash, the later ones in their orders' buckets) and its stats.
+    buckets = {
+        KEYS.gateway_bucket(record_bucket(CREATED_MS, oid))
+        for oid, (_, outcomes) in PAYMENTS.items()
+        if len(outcomes) > 1
+    }
     gateway_slot = KEYS.gateway_ledger.rsplit(":", 1)[0] + ":"
     assert {k for k in r.scan_iter() if k.startswith(gateway_slot)} == {
         KEYS.gateway_ledger,
         KEYS.gateway_stats,
+        *buckets,
     }
-    assert r.hlen(KEYS.gateway_ledger) == sum(len(outcomes) for _, outcomes in PAYMENTS.values())
+    assert r.hlen(KEYS.gateway_ledger) == sum(1 for _, outcomes in PAYMENTS.values() if outcomes)
+    assert sum(r.hlen(b) for b in buckets) == sum(
+        len(outcomes) - 1 for _, outcomes in PAYMENTS.values() if outcomes
+    )

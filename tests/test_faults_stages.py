@@ -26,7 +26,7 @@ from consumers.notify import NotifyHandler
 from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.ingest import ingest_file
-from streamproc.keys import STAGES, Keys
+from streamproc.keys import STAGES, Keys, record_bucket
 from streamproc.models import Line, Order, encode_order
 from streamproc.notifications import new_id
 from streamproc.runloop import Handler, RunLoop
@@ -112,14 +112,17 @@ def victim_pending_orders(r: redis.Redis, stage: str, consumer: str) -> list[str
 
 def effect_applied(r: redis.Redis, stage: str, order_id: str) -> bool:
     """Whether `stage`'s own effect for this (first-attempt) order is already in Redis."""
+    # The stock and the gateway keep an order's records in the bucket of its creation ms.
+    bucket = record_bucket(int(r.hget(KEYS.order(order_id), "c") or 0), order_id)
+    reservation = KEYS.reservation_bucket(bucket)
     if stage == "reserve":
-        return r.hexists(KEYS.reservations, f"{order_id}#1")
+        return r.hexists(reservation, f"{order_id}#1")
     if stage == "payment":
-        return r.hexists(KEYS.gateway_ledger, f"pay:{order_id}")
+        return r.hexists(KEYS.gateway_bucket(bucket), f"pay:{order_id}")
     if stage == "finalize":
-        return r.hget(KEYS.reservations, f"{order_id}#1") == "c"
+        return r.hget(reservation, f"{order_id}#1") == "c"
     if stage == "rollback":
-        return r.hget(KEYS.reservations, f"{order_id}#1") == "x"
+        return r.hget(reservation, f"{order_id}#1") == "x"
     return any(key.startswith(f"{order_id}:") for key in all_records(r))
 
 

@@ -16,7 +16,7 @@ from streamproc.gateway import (
     Charge,
     PaymentGateway,
     idempotency_key,
-    ledger_keys,
+    order_results,
     simulated_outcome,
     successful_charges,
 )
@@ -45,7 +45,8 @@ T = TypeVar("T")
 
 def charges_of(r: redis.Redis, order_id: str, attempt: int = 1) -> int:
     """Successful charges of an order's attempts 1..attempt, counted from the gateway's ledger."""
-    return successful_charges(r.hmget(KEYS.gateway_ledger, ledger_keys(order_id, attempt)))
+    created = int(r.hget(KEYS.order(order_id), "c") or 0)
+    return successful_charges(order_results(r, KEYS, order_id, created, attempt))
 
 
 def run_with_gateway(url: str, body: Callable[[Callable[..., PaymentGateway]], Awaitable[T]]) -> T:
@@ -252,7 +253,10 @@ def test_payment_stage_keeps_hundreds_of_slow_calls_in_flight(
     assert loop.outcomes["paid"] == total
     counts = r.hgetall(KEYS.state_counts)
     assert (int(counts["paid"]), int(counts["reserved"]), int(counts["pending"])) == (total, 0, 0)
-    assert successful_charges(r.hvals(KEYS.gateway_ledger)) == total
+    # The stage records each result in its order's ledger bucket (none in the old single hash).
+    buckets = list(r.scan_iter(match=KEYS.gateway_bucket("*")))
+    assert successful_charges(v for b in buckets for v in r.hvals(b)) == total
+    assert not r.exists(KEYS.gateway_ledger)
     assert r.xinfo_groups(KEYS.stream("payment"))[0]["pending"] == 0
     assert r.xlen(KEYS.stream("finalize")) == total
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from streamproc.clock import iso_ms
-from streamproc.keys import STAGES
+from streamproc.keys import STAGES, record_bucket
 from tests.helpers import REPO_ROOT, stop_procs
 from tests.invariants import assert_pipeline_invariants, order_ids_in, write_products
 from tests.support import (
@@ -65,12 +65,25 @@ def test_sample_csv_end_to_end(pipeline: Pipeline, r: redis.Redis) -> None:
         day[1] += order["total_cents"]
     assert dict(per_day) == {"2025-11-10": [5, 48596], "2025-11-11": [5, 57947]}
     # The charges above come from the ledger: the gateway's slot holds its ledger and stats only
-    # (no per-order charge counter).
+    # (no per-order charge counter). The ledger and the reservation records are kept in small
+    # bucket hashes by the orders' creation ms, each a compact listpack.
     gateway_slot = KEYS.gateway_ledger.rsplit(":", 1)[0] + ":"
-    assert {k for k in r.scan_iter() if k.startswith(gateway_slot)} == {
-        KEYS.gateway_ledger,
-        KEYS.gateway_stats,
+    ledger_buckets = {
+        KEYS.gateway_bucket(record_bucket(int(r.hget(KEYS.order(oid), "c")), oid)) for oid in orders
     }
+    assert {k for k in r.scan_iter() if k.startswith(gateway_slot)} == {
+        KEYS.gateway_stats,
+        *ledger_buckets,
+    }
+    assert sum(r.hlen(b) for b in ledger_buckets) == len(orders)
+    reservation_buckets = {
+        KEYS.reservation_bucket(record_bucket(int(r.hget(KEYS.order(oid), "c")), oid))
+        for oid in orders
+    }
+    assert {k for k in r.scan_iter(match=KEYS.reservation_bucket("*"))} == reservation_buckets
+    assert not r.exists(KEYS.reservations)
+    for bucket in ledger_buckets | reservation_buckets:
+        assert r.object("encoding", bucket) == "listpack", bucket
     for order_id, order in orders.items():
         # Stored compactly (lib/order.lua): steps in ms after c, no u; exported as ISO times.
         stored = r.hgetall(KEYS.order(order_id))

@@ -84,10 +84,11 @@ def fact_row(msg_id: bytes, attempt: bytes, state: bytes, prior: bool, payload: 
 
 
 def row_of_entry(msg_id: bytes, fields: list[bytes]) -> bytes | None:
-    """fact_row from a raw entry as commit.lua writes it (o, a, s, d [, r]); None otherwise."""
+    """fact_row from a raw entry as commit.lua writes it (o, a, s, d [, c] [, r]); None
+    otherwise."""
     n = len(fields)
-    if n in (8, 10) and fields[2] == b"a" and fields[4] == b"s" and fields[6] == b"d":
-        prior = n == 10 and fields[8] == b"r" and fields[9] == b"1"
+    if n in (8, 10, 12) and fields[2] == b"a" and fields[4] == b"s" and fields[6] == b"d":
+        prior = fields[n - 2] == b"r" and fields[n - 1] == b"1"
         try:
             return fact_row(msg_id, fields[3], fields[5], prior, fields[7])
         except ValueError:

@@ -107,10 +107,10 @@ local function apply()
             local target = KEYS[2 + tonumber(string.sub(outputs, j, j))]
             if prior then
               redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
-                "d", cur[4], "r", "1")
+                "d", cur[4], "c", cur[6] or "0", "r", "1")
             else
               redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
-                "d", cur[4])
+                "d", cur[4], "c", cur[6] or "0")
             end
           end
           if cur[1] ~= to_state then

@@ -29,9 +29,10 @@ if oid ~= "" then
       "h", order_advance(cur[4], cur[6], "dead_lettered", now))
     redis.call("HINCRBY", KEYS[3], prev, -1)
     redis.call("HINCRBY", KEYS[3], "dead_lettered", 1)
-    local fields = { "o", oid, "a", attempt, "s", "dead_lettered", "d", payload }
+    local fields = { "o", oid, "a", attempt, "s", "dead_lettered", "d", payload, "c",
+      cur[6] or "0" }
     if attempt ~= "1" or string.find(cur[4] or "", "dead_lettered@", 1, true) then
-      fields[9], fields[10] = "r", "1"
+      fields[11], fields[12] = "r", "1"
     end
     redis.call("XADD", KEYS[5], "*", unpack(fields))
     redis.call("XADD", KEYS[7], "*", unpack(fields))

@@ -32,6 +32,10 @@ elseif f["o"] ~= "" then
   redis.call("HINCRBY", KEYS[2], "dead_lettered", -1)
   redis.call("HINCRBY", KEYS[2], state, 1)
 end
-local id = redis.call("XADD", KEYS[4], "*", "o", f["o"], "a", f["a"], "s", state, "d", f["d"])
+-- The order's creation ms goes with the entry, as every stage's entry carries it: the stages find
+-- the order's stock and gateway records by it (streamproc.keys.record_bucket).
+local created = redis.call("HGET", KEYS[3], "c") or "0"
+local id = redis.call("XADD", KEYS[4], "*", "o", f["o"], "a", f["a"], "s", state, "d", f["d"],
+  "c", created)
 redis.call("XDEL", KEYS[1], ARGV[1])
 return id

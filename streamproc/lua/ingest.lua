@@ -58,7 +58,7 @@ for i = 1, n do
     -- another type), and it can be undone with XDEL should the hash write fail after it.
     local payload = ARGV[7 + i]
     local id = redis.pcall("XADD", KEYS[1], "*", "o", string.sub(key, id_at), "a", "1", "s",
-      "pending", "d", payload)
+      "pending", "d", payload, "c", now)
     stop = err(id)
     if stop then break end
     stop = err(redis.pcall("HSET", key, "s", "pending", "d", payload, "c", now))
@@ -72,7 +72,7 @@ for i = 1, n do
     local cur = redis.call("HMGET", key, "a", "h", "d", "c")
     local attempt = (tonumber(order_attempt(cur[1])) or 0) + 1
     local id = redis.pcall("XADD", KEYS[1], "*", "o", string.sub(key, id_at), "a",
-      tostring(attempt), "s", "pending", "d", cur[3])
+      tostring(attempt), "s", "pending", "d", cur[3], "c", cur[4] or "0")
     stop = err(id)
     if stop then break end
     stop = err(redis.pcall("HSET", key, "s", "pending", "a", tostring(attempt), "k", "reserve",

@@ -2,36 +2,40 @@
 -- Idempotent per reservation key (order id # attempt): a key already seen returns its first result,
 -- so a retried or reclaimed message never reserves twice. Orders are decided one after the other
 -- against the running stock of the batch; every check runs before any write, and the writes are
--- made once per batch (one HSET per stock column with the new values, one for the records).
--- KEYS[1] available  KEYS[2] reserved  KEYS[3] committed  KEYS[4] initial  KEYS[5] reservations
+-- made once per batch (one HSET per stock column with the new values, one per bucket of records).
+-- KEYS[1] available  KEYS[2] reserved  KEYS[3] committed  KEYS[4] initial
+-- KEYS[5] reservations written before buckets  KEYS[6..] the batch's reservation buckets
 -- ARGV[1] unknown-SKU policy (create|reject)  ARGV[2] default stock  ARGV[3] count n
--- then per order: reservation key, number of SKUs m, then m pairs (sku, quantity)
+-- then per order: reservation key, KEYS index of its bucket (lib/buckets.lua), number of SKUs m,
+-- then m pairs (sku, quantity)
 -- Returns one string per order: "r" reserved, or "f:<reason>" failed.
 local policy, default_stock, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 -- Sums above 2^53 would lose digits in Lua numbers: such SKUs are moved with HINCRBY instead.
 local EXACT = 9007199254740992
 
 -- include: hash_batch
+-- include: buckets
 
 -- Parse the batch; look up every reservation key and every SKU once.
 local orders = {}
-local rkeys = {}
+local rkeys, slots = {}, {}
 local skus, seen = {}, {}
 local p = 4
 for i = 1, n do
-  local m = tonumber(ARGV[p + 1])
-  orders[i] = { p + 2, m }
+  local m = tonumber(ARGV[p + 2])
+  orders[i] = { p + 3, m }
   rkeys[i] = ARGV[p]
+  slots[i] = tonumber(ARGV[p + 1])
   for j = 0, m - 1 do
-    local sku = ARGV[p + 2 + 2 * j]
+    local sku = ARGV[p + 3 + 2 * j]
     if not seen[sku] then
       seen[sku] = true
       skus[#skus + 1] = sku
     end
   end
-  p = p + 2 + 2 * m
+  p = p + 3 + 2 * m
 end
-local out = hmget_all(KEYS[5], rkeys)
+local out = bucket_get(5, rkeys, slots)
 local avail = {}
 local stored = hmget_all(KEYS[1], skus)
 for i = 1, #skus do
@@ -43,7 +47,7 @@ end
 -- Decide each order in turn against the batch's running stock.
 local taken, order_taken = {}, {}
 local created = {}
-local records = {}
+local records = bucket_writes()
 local decided = {}
 for i = 1, n do
   if not out[i] and decided[rkeys[i]] then
@@ -84,8 +88,7 @@ for i = 1, n do
         taken[sku] = taken[sku] + qty
       end
     end
-    records[#records + 1] = rkeys[i]
-    records[#records + 1] = rec
+    bucket_put(records, slots[i], rkeys[i], rec)
     decided[rkeys[i]] = rec
     out[i] = rec
   end
@@ -116,5 +119,5 @@ if #order_taken > 0 then
   hset_all(KEYS[1], new_avail)
   hset_all(KEYS[2], new_reserved)
 end
-hset_all(KEYS[5], records)
+bucket_write(records)
 return out

@@ -2,9 +2,11 @@
 -- Idempotent per reservation key: only a reservation in state "r" moves, to "c" (committed) or
 -- "x" (released); any other state is returned unchanged so a replay does nothing. The units move
 -- once per batch and SKU (one HSET per stock column with the new values).
--- KEYS[1] available  KEYS[2] reserved  KEYS[3] committed  KEYS[4] reservations
+-- KEYS[1] available  KEYS[2] reserved  KEYS[3] committed
+-- KEYS[4] reservations written before buckets  KEYS[5..] the batch's reservation buckets
 -- ARGV[1] mode (commit|release)  ARGV[2] count n
--- then per order: reservation key, number of SKUs m, then m pairs (sku, quantity)
+-- then per order: reservation key, KEYS index of its bucket (lib/buckets.lua), number of SKUs m,
+-- then m pairs (sku, quantity)
 -- Returns one string per order: the reservation's state after the call ("" when unknown).
 local commit, n = ARGV[1] == "commit", tonumber(ARGV[2])
 local target = commit and KEYS[3] or KEYS[1]
@@ -13,24 +15,28 @@ local moved_to = commit and "c" or "x"
 local EXACT = 9007199254740992
 
 -- include: hash_batch
+-- include: buckets
 
-local starts, rkeys = {}, {}
+local starts, rkeys, slots = {}, {}, {}
 local p = 3
 for i = 1, n do
   starts[i] = p
   rkeys[i] = ARGV[p]
-  p = p + 2 + 2 * tonumber(ARGV[p + 1])
+  slots[i] = tonumber(ARGV[p + 1])
+  p = p + 3 + 2 * tonumber(ARGV[p + 2])
 end
-local states = hmget_all(KEYS[4], rkeys)
+local states = bucket_get(4, rkeys, slots)
 local out = {}
 local moved, skus = {}, {}
-local records = {}
+-- A record moved is written to its bucket, also when it was found in the old hash: the bucket
+-- is read first from then on.
+local records = bucket_writes()
 local done = {}
 for i = 1, n do
   -- The same reservation twice in one batch moves once.
   local rec = done[rkeys[i]] or states[i]
   if rec == "r" then
-    local first, m = starts[i] + 2, tonumber(ARGV[starts[i] + 1])
+    local first, m = starts[i] + 3, tonumber(ARGV[starts[i] + 2])
     for j = 0, m - 1 do
       local sku, qty = ARGV[first + 2 * j], tonumber(ARGV[first + 2 * j + 1])
       if not moved[sku] then
@@ -40,8 +46,7 @@ for i = 1, n do
       moved[sku] = moved[sku] + qty
     end
     rec = moved_to
-    records[#records + 1] = rkeys[i]
-    records[#records + 1] = rec
+    bucket_put(records, slots[i], rkeys[i], rec)
     done[rkeys[i]] = rec
   end
   out[i] = rec or ""
@@ -66,5 +71,5 @@ if #skus > 0 then
   hset_all(KEYS[2], new_reserved)
   hset_all(target, new_there)
 end
-hset_all(KEYS[4], records)
+bucket_write(records)
 return out
