@@ -4,7 +4,7 @@
 
 Starts a private server, generates a seeded CSV, runs PROCS `streamproc consume --stage all`
 processes, feeds the orders, waits until drained, and reads each order's ingest→terminal latency
-from its history (`pending@t;…;<terminal>@t`, stamped by the scripts).
+from its history (its pending step to its terminal one, stamped by the scripts).
 
 Two ways to feed the orders:
 - flood (default): one `streamproc ingest FILE` of the whole CSV. This measures the maximum

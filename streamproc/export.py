@@ -59,7 +59,7 @@ def _iso(ms: bytes | None) -> str:
 
 
 def _history(steps: list[TimelineStep]) -> str:
-    # Stored as state@t;state@t (orderview.parse_timeline); exported with ISO times for people.
+    # Stored as codes and ms (orderview.parse_timeline); exported as state@<ISO time> for people.
     return ";".join(f"{step.state}@{iso_ms(step.at_ms)}" for step in steps)
 
 

@@ -6,16 +6,41 @@ ledger keys, whose number only the first reply tells.
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 import redis.asyncio
 
 from streamproc.gateway import ledger_reads, ledger_results, parse_record, successful_charges
 from streamproc.keys import Keys
-from streamproc.models import Order, decode_order
+from streamproc.models import (
+    COMPLETED,
+    DEAD_LETTERED,
+    FAILED,
+    PAID,
+    PENDING,
+    RESERVED,
+    ROLLED_BACK,
+    Order,
+    decode_order,
+)
 from streamproc.rawpipe import pipelined
 from streamproc.replies import text
 
 ORDER_FIELDS = ("s", "a", "k", "d", "p", "e", "c", "u", "h")
+
+# The history's one-letter state codes: the same table as ORDER_CODES in lua/lib/order.lua.
+CODE_STATES = {
+    "p": PENDING,
+    "r": RESERVED,
+    "a": PAID,
+    "c": COMPLETED,
+    "f": FAILED,
+    "b": ROLLED_BACK,
+    "d": DEAD_LETTERED,
+}
+_CODED_STEP = re.compile(r"([a-z])(=?)(-?[0-9]+)")
+_OLD_STEP = re.compile(r"([^@]+)@(?:\+(-?[0-9]+)|([0-9]+))")
 
 
 class TimelineStep(msgspec.Struct):
@@ -52,17 +77,27 @@ class StoredOrder(msgspec.Struct):
 
 
 def parse_timeline(raw: str, created_ms: int = 0) -> list[TimelineStep]:
-    """`state@t;state@t` → steps, oldest first; t is `+<ms after created_ms>` (lib/order.lua) or,
-    in histories written before steps were relative, absolute ms."""
-    steps = []
+    """The stored history as steps, oldest first, from any format the scripts ever wrote.
+
+    Now (lib/order.lua): per step a one-letter code and the ms after `created_ms`, no separator
+    (`p0r1113a1186c1250`, `r-5`), or `<code>=<ms>` when the order has no creation time. Before:
+    `state@+<ms after created_ms>;…` or `state@<ms>;…`. Malformed parts and unknown codes are
+    skipped.
+    """
+    steps: list[TimelineStep] = []
     for part in raw.split(";"):
-        state, _, at = part.partition("@")
-        if not state:
-            continue
-        if at.startswith("+") and at[1:].lstrip("-").isdigit():
-            steps.append(TimelineStep(state, created_ms + int(at[1:])))
-        elif at.isdigit():
-            steps.append(TimelineStep(state, int(at)))
+        if "@" in part:
+            old = _OLD_STEP.fullmatch(part)
+            if old:
+                state, after, at = old.groups()
+                at_ms = int(at) if after is None else created_ms + int(after)
+                steps.append(TimelineStep(state, at_ms))
+        else:
+            steps += (
+                TimelineStep(CODE_STATES[code], int(at) if absolute else created_ms + int(at))
+                for code, absolute, at in _CODED_STEP.findall(part)
+                if code in CODE_STATES
+            )
     return steps
 
 

@@ -153,21 +153,20 @@ def test_scripts_hand_back_the_latency_of_terminal_transitions(
     now = now_ms()
     payload = encode_order(ORDER)
     # A first attempt: timed from its ingest (c). A re-submitted one (attempt 2): from its last
-    # pending@ step, not from its first ingest; that step in ms after c as the scripts write it
-    # (M4), or in absolute ms as hashes stored before hold it (M2).
+    # pending step, not from its first ingest; that step a code and ms after c as the scripts
+    # write it (M4), or as hashes stored before hold it: `pending@<ms>` (M2), `pending@+<ms>` (M5).
+    early = now - 90_000
     orders = {
-        "M1": ("1", now - 4_000, f"pending@{now - 4_000};reserved@{now - 3_000}"),
-        "M2": ("2", now - 90_000, f"pending@{now - 90_000};failed@1;pending@{now - 2_000}"),
-        "M3": ("1", now - 1_000, f"pending@{now - 1_000}"),
-        "M4": ("2", now - 90_000, "pending@+0;failed@+5;pending@+87000"),
+        "M1": ("1", now - 4_000, f"pending@{now - 4_000};reserved@{now - 3_000};paid@{now}"),
+        "M2": ("2", early, f"pending@{early};failed@1;pending@{now - 2_000};paid@{now}"),
+        "M3": ("1", now - 1_000, f"pending@{now - 1_000};paid@{now}"),
+        "M4": ("2", early, "p0f5p87000a90000"),
+        "M5": ("2", early, "pending@+0;failed@+5;pending@+88500;paid@+90000"),
     }
     for order_id, (attempt, created, history) in orders.items():
-        r.hset(
-            KEYS.order(order_id),
-            mapping={"s": "paid", "a": attempt, "k": "finalize", "d": payload, "c": created},
-        )
-        r.hset(KEYS.order(order_id), "h", history + f";paid@{now}")
-    r.hset(KEYS.state_counts, "paid", 4)
+        fields = {"s": "paid", "a": attempt, "k": "finalize", "d": payload, "c": created}
+        r.hset(KEYS.order(order_id), mapping={**fields, "h": history})
+    r.hset(KEYS.state_counts, "paid", 5)
 
     async def main() -> tuple[list[tuple[str, int, Order | None]], list[int], tuple[bytes, int]]:
         client = async_client(redis_url)
@@ -178,10 +177,8 @@ def test_scripts_hand_back_the_latency_of_terminal_transitions(
                 fields = {"o": order_id, "a": attempt, "s": "paid", "d": payload}
                 await client.xadd(KEYS.stream("finalize"), fields)
             stream = StageStream(client, ctx.scripts, KEYS, "finalize", "c1")
-            m1, m2, m3, m4 = await stream.read(10, None)
-            committed = await stream.commit(
-                [Decision(m1, "completed"), Decision(m2, "completed"), Decision(m4, "completed")]
-            )
+            m1, m2, m3, m4, m5 = await stream.read(10, None)
+            committed = await stream.commit([Decision(m, "completed") for m in (m1, m2, m4, m5)])
             replay = await stream.commit([Decision(m1, "completed")])  # stale: no latency
             dead = await stream.dead_letter(m3, "gave up")
             return committed.finished, [*replay.results, len(replay.finished)], dead
@@ -191,11 +188,13 @@ def test_scripts_hand_back_the_latency_of_terminal_transitions(
     started = time.time()
     finished, replay, dead = asyncio.run(main())
     slack_ms = (time.time() - started) * 1000 + 50
-    (state1, elapsed1, order1), (state2, elapsed2, _), (state4, elapsed4, _) = finished
-    assert (state1, state2, state4, order1) == ("completed", "completed", "completed", ORDER)
+    (state1, elapsed1, order1), (state2, elapsed2, _), *rest = finished
+    (state4, elapsed4, _), (state5, elapsed5, _) = rest
+    assert (state1, state2, state4, state5, order1) == ("completed",) * 4 + (ORDER,)
     assert 4_000 <= elapsed1 <= 4_000 + slack_ms
     assert 2_000 <= elapsed2 <= 2_000 + slack_ms
     assert 3_000 <= elapsed4 <= 3_000 + slack_ms
+    assert 1_500 <= elapsed5 <= 1_500 + slack_ms
     assert replay == [0, 0]
     dead_id, elapsed3 = dead
     assert r.xrange(KEYS.dead_letters)[0][0] == dead_id.decode()

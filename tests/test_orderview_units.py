@@ -1,11 +1,79 @@
-"""The stored history's two formats: steps relative to creation (what the scripts write now) and
-absolute ms (hashes written before), and the update time read from the last step."""
+"""The stored history's formats: one-letter codes with ms after creation (what the scripts write
+now), and `state@+ms` or `state@ms` steps (hashes written before), and the update time read from
+the last step."""
 
 from __future__ import annotations
 
-from streamproc.orderview import TimelineStep, order_timeline, parse_timeline
+import re
+
+from streamproc.lua import script_source
+from streamproc.models import STATES
+from streamproc.orderview import CODE_STATES, TimelineStep, order_timeline, parse_timeline
 
 CREATED = 1_795_637_643_137
+
+
+def test_codes_are_ms_after_creation() -> None:
+    steps = parse_timeline("p0r1113a1186c1250", CREATED)
+    assert steps == [
+        TimelineStep("pending", CREATED),
+        TimelineStep("reserved", CREATED + 1113),
+        TimelineStep("paid", CREATED + 1186),
+        TimelineStep("completed", CREATED + 1250),
+    ]
+    # Every code, each state once; a negative offset is another machine's clock running behind.
+    assert parse_timeline("p0r-5a7f8b9d10", CREATED) == [
+        TimelineStep("pending", CREATED),
+        TimelineStep("reserved", CREATED - 5),
+        TimelineStep("paid", CREATED + 7),
+        TimelineStep("failed", CREATED + 8),
+        TimelineStep("rolled_back", CREATED + 9),
+        TimelineStep("dead_lettered", CREATED + 10),
+    ]
+
+
+def test_a_code_with_equals_is_absolute() -> None:
+    """Written when the order has no usable creation time."""
+    assert parse_timeline("p0c=1795655477408", CREATED)[1] == TimelineStep(
+        "completed", 1_795_655_477_408
+    )
+    steps, updated = order_timeline("p0d=1795655477408", None, None)
+    assert (steps, updated) == (
+        [TimelineStep("pending", 0), TimelineStep("dead_lettered", 1_795_655_477_408)],
+        1_795_655_477_408,
+    )
+
+
+def test_old_and_coded_parts_mix() -> None:
+    """The scripts recode an old history when they append to it; a reader takes a mix anyway."""
+    raw = f"pending@+0;reserved@+5;failed@{CREATED + 9};p20r25a-1"
+    assert parse_timeline(raw, CREATED) == [
+        TimelineStep("pending", CREATED),
+        TimelineStep("reserved", CREATED + 5),
+        TimelineStep("failed", CREATED + 9),
+        TimelineStep("pending", CREATED + 20),
+        TimelineStep("reserved", CREATED + 25),
+        TimelineStep("paid", CREATED - 1),
+    ]
+
+
+def test_malformed_codes_are_skipped() -> None:
+    # Unknown codes, a code without a number, stray digits, `=-`, an upper-case letter.
+    raw = "12p0x5rr7a=-q8Z9c=c12;;f"
+    assert parse_timeline(raw, CREATED) == [
+        TimelineStep("pending", CREATED),
+        TimelineStep("reserved", CREATED + 7),
+        TimelineStep("completed", CREATED + 12),
+    ]
+
+
+def test_the_scripts_write_the_readers_codes() -> None:
+    """lib/order.lua's table and CODE_STATES agree, one letter for each state."""
+    source = script_source("commit")
+    table = source[source.index("ORDER_CODES = {") : source.index("}", source.index("ORDER_CODES"))]
+    lua_codes = dict(re.findall(r"(\w+) = \"(\w)\"", table))
+    assert lua_codes == {state: code for code, state in CODE_STATES.items()}
+    assert sorted(lua_codes) == sorted(STATES)
 
 
 def test_relative_steps_are_ms_after_creation() -> None:
@@ -37,9 +105,8 @@ def test_a_step_before_creation_by_another_clock_is_kept() -> None:
 
 
 def test_malformed_steps_are_skipped() -> None:
-    assert parse_timeline("pending@+x;@+5;reserved@;paid@12a;completed@+7", CREATED) == [
-        TimelineStep("completed", CREATED + 7)
-    ]
+    raw = "pending@+x;@+5;reserved@;paid@12a;failed@+--3;rolled_back@-4;completed@+7"
+    assert parse_timeline(raw, CREATED) == [TimelineStep("completed", CREATED + 7)]
 
 
 def test_update_time_is_the_last_step_else_u_else_creation() -> None:

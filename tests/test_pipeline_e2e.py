@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import redis
 
 from streamproc.clock import iso_ms
 from streamproc.keys import STAGES, record_bucket
+from streamproc.orderview import parse_timeline
 from tests.helpers import REPO_ROOT, stop_procs
 from tests.invariants import assert_pipeline_invariants, order_ids_in, write_products
 from tests.support import (
@@ -84,15 +86,21 @@ def test_sample_csv_end_to_end(pipeline: Pipeline, r: redis.Redis) -> None:
     assert not r.exists(KEYS.reservations)
     for bucket in ledger_buckets | reservation_buckets:
         assert r.object("encoding", bucket) == "listpack", bucket
+    path = ["pending", "reserved", "paid", "completed"]
     for order_id, order in orders.items():
-        # Stored compactly (lib/order.lua): steps in ms after c, no u; exported as ISO times.
+        # Stored compactly (lib/order.lua): a state code and the ms after c per step, no u;
+        # exported with states and ISO times.
         stored = r.hgetall(KEYS.order(order_id))
         assert "u" not in stored, stored
-        steps = [step.split("@") for step in stored["h"].split(";")]
-        assert [state for state, _ in steps] == ["pending", "reserved", "paid", "completed"]
-        offsets = [int(at.removeprefix("+")) for _, at in steps]
-        assert all(at.startswith("+") for _, at in steps) and offsets == sorted(offsets), stored
-        last = iso_ms(int(stored["c"]) + offsets[-1])
+        steps = re.fullmatch(r"p(0)r(-?[0-9]+)a(-?[0-9]+)c(-?[0-9]+)", stored["h"])
+        assert steps, stored
+        offsets = [int(at) for at in steps.groups()]
+        assert offsets == sorted(offsets), stored
+        # The timeline the `state@+ms` steps written before would give.
+        created = int(stored["c"])
+        old_form = ";".join(f"{state}@+{at}" for state, at in zip(path, offsets, strict=True))
+        assert parse_timeline(stored["h"], created) == parse_timeline(old_form, created)
+        last = iso_ms(created + offsets[-1])
         assert order["updated_at"] == last and order["history"].endswith(f"completed@{last}")
 
     sold: Counter[str] = Counter()

@@ -101,8 +101,7 @@ local function apply()
             end
           end
           local outputs = transition[3]
-          local prior = terminal[to_state] and (attempt ~= "1" or
-            string.find(cur[5] or "", "dead_lettered@", 1, true))
+          local prior = terminal[to_state] and (attempt ~= "1" or order_was_dead_lettered(cur[5]))
           for j = 1, #outputs do
             local target = KEYS[2 + tonumber(string.sub(outputs, j, j))]
             if prior then

@@ -31,7 +31,7 @@ if oid ~= "" then
     redis.call("HINCRBY", KEYS[3], "dead_lettered", 1)
     local fields = { "o", oid, "a", attempt, "s", "dead_lettered", "d", payload, "c",
       cur[6] or "0" }
-    if attempt ~= "1" or string.find(cur[4] or "", "dead_lettered@", 1, true) then
+    if attempt ~= "1" or order_was_dead_lettered(cur[4]) then
       fields[11], fields[12] = "r", "1"
     end
     redis.call("XADD", KEYS[5], "*", unpack(fields))
