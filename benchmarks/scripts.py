@@ -43,7 +43,14 @@ import redis
 
 from benchmarks.common import machine, pipeline_env, private_server, save
 from benchmarks.generate import write_orders
-from benchmarks.slowlog import BENCH_CLIENT, SCRIPT_COMMANDS, Figures, Profile, SlowLog
+from benchmarks.slowlog import (
+    BENCH_CLIENT,
+    PER_MESSAGE,
+    SCRIPT_COMMANDS,
+    Figures,
+    Profile,
+    SlowLog,
+)
 from streamproc.keys import Keys
 from streamproc.lua import script_names, script_source
 
@@ -125,6 +132,8 @@ def _one_run(
                         profile = log.take()
                         stream = Keys().stream("reserve" if stage == "ingest" else stage)
                         messages = int(admin.xinfo_stream(stream)["entries-added"])
+                        for name in PER_MESSAGE & profile.scripts.keys():
+                            profile.scripts[name].items = messages
                 finally:
                     log.stop()
                 out[stage] = {

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from streamproc.lua import script_source
 from streamproc.models import STATES
 from streamproc.orderview import CODE_STATES, TimelineStep, order_timeline, parse_timeline
@@ -13,14 +15,22 @@ from streamproc.orderview import CODE_STATES, TimelineStep, order_timeline, pars
 CREATED = 1_795_637_643_137
 
 
-def test_codes_are_ms_after_creation() -> None:
-    steps = parse_timeline("p0r1113a1186c1250", CREATED)
+# The same four steps as written now (codes) and before (`state@+ms`): ms after creation.
+@pytest.mark.parametrize(
+    "history",
+    ["p0r1113a1186c1250", "pending@+0;reserved@+1113;paid@+1186;completed@+1250"],
+)
+def test_steps_are_ms_after_creation(history: str) -> None:
+    steps = parse_timeline(history, CREATED)
     assert steps == [
         TimelineStep("pending", CREATED),
         TimelineStep("reserved", CREATED + 1113),
         TimelineStep("paid", CREATED + 1186),
         TimelineStep("completed", CREATED + 1250),
     ]
+
+
+def test_every_code_and_a_negative_offset() -> None:
     # Every code, each state once; a negative offset is another machine's clock running behind.
     assert parse_timeline("p0r-5a7f8b9d10", CREATED) == [
         TimelineStep("pending", CREATED),
@@ -74,16 +84,6 @@ def test_the_scripts_write_the_readers_codes() -> None:
     lua_codes = dict(re.findall(r"(\w+) = \"(\w)\"", table))
     assert lua_codes == {state: code for code, state in CODE_STATES.items()}
     assert sorted(lua_codes) == sorted(STATES)
-
-
-def test_relative_steps_are_ms_after_creation() -> None:
-    steps = parse_timeline("pending@+0;reserved@+1786;paid@+1835;completed@+1965", CREATED)
-    assert steps == [
-        TimelineStep("pending", CREATED),
-        TimelineStep("reserved", CREATED + 1786),
-        TimelineStep("paid", CREATED + 1835),
-        TimelineStep("completed", CREATED + 1965),
-    ]
 
 
 def test_absolute_and_relative_steps_mix_in_an_older_order() -> None:
