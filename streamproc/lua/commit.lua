@@ -28,6 +28,7 @@
 -- then, for each applied item whose new state is terminal (in item order), the ms since its order
 -- was submitted (-1 when unknown): the end-to-end latency, at the cost of one more HMGET field.
 -- include: leaderboard
+-- include: tally
 -- include: submitted
 -- include: order
 local group, stage, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -50,14 +51,6 @@ local latencies = {}
 local acks = {}
 local moves, moved = {}, {}
 local day, day_fields = {}, {}
-
-local function count(into, fields, field, by)
-  if not into[field] then
-    into[field] = 0
-    fields[#fields + 1] = field
-  end
-  into[field] = into[field] + by
-end
 
 local function apply()
   for i = 1, n do
@@ -113,13 +106,13 @@ local function apply()
             end
           end
           if cur[1] ~= to_state then
-            count(moves, moved, cur[1], -1)
-            count(moves, moved, to_state, 1)
+            tally(moves, moved, cur[1], -1)
+            tally(moves, moved, to_state, 1)
           end
           if terminal[to_state] then
             terminals = terminals + 1
             latencies[#latencies + 1] = elapsed_ms(now_ms, cur[6], cur[5], attempt)
-            count(day, day_fields, to_state, 1)
+            tally(day, day_fields, to_state, 1)
             local revenue = ARGV[b + 6]
             if revenue ~= "" then
               local sep = string.find(revenue, ":", 1, true)
@@ -127,7 +120,7 @@ local function apply()
                 string.sub(revenue, sep + 1)
               local sum = (day[field] or 0) + (tonumber(cents) or EXACT)
               if sum < EXACT then
-                count(day, day_fields, field, tonumber(cents))
+                tally(day, day_fields, field, tonumber(cents))
               else
                 -- pcall: an absurd total overflowing the day's 64-bit sum must not fail the batch.
                 redis.pcall("HINCRBY", KEYS[K_DAY], field, cents)

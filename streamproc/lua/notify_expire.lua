@@ -11,6 +11,7 @@
 -- ARGV[3] customer index key prefix
 -- Returns the number of records dropped.
 -- include: notification
+-- include: tally
 local cutoff, budget, customer_prefix = "(" .. ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local dropped = 0
 
@@ -41,7 +42,7 @@ local function drop_entries(key, kind, channel, most)
   for j, entry in ipairs(got) do
     drop(note_field(entry, "i") .. ":" .. pair, note_field(entry, "r"))
     entries[j] = entry[1]
-    note_count(days, day_fields, note_day_field(pair, note_entry_score(entry[1])), 1)
+    tally(days, day_fields, note_day_field(pair, note_entry_score(entry[1])), 1)
   end
   redis.call("XDEL", key, unpack(entries))
   if redis.call("XLEN", key) == 0 then

