@@ -39,6 +39,7 @@ from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.gateway import simulated_outcome
 from streamproc.keys import BOARDS, STAGES, Keys
+from streamproc.lua import SyncScripts
 from streamproc.models import Line, Order, encode_order
 from streamproc.settings import Settings
 from streamproc.transport import StageStream, ensure_groups
@@ -914,3 +915,71 @@ def test_rebuilds_while_orders_complete_never_show_a_partial_board(
     assert len(orders) == len(order_ids_in(orders_csv))
     for currency in ("USD", "EUR", "GBP"):
         assert_boards(url, orders, currency)
+
+
+# --- the registration fence on its own ----------------------------------------------------------
+
+
+def _commandstat_calls(client: redis.Redis, command: str) -> int:
+    """How many times the server ran `command` (0 before its first call)."""
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_register_fence_lists_pending_ids_and_claims_only_when_the_list_is_not_enough(
+    r: redis.Redis,
+) -> None:
+    """Facts held by a writer register (and are acked) without one claim while every id shows
+    in the pending list; ids out of order, a range too crowded with another writer's entries to
+    list, and a conflict go to the claim, which decides as before: only a conflict refuses."""
+    stream, group = KEYS.stream("snapshot"), KEYS.group("snapshot")
+    scripts = SyncScripts.register(r)
+    r.xgroup_create(stream, group, id="0", mkstream=True)
+    with r.pipeline(transaction=False) as pipe:
+        for i in range(9000):
+            pipe.xadd(stream, {"o": f"F{i}"})
+        pipe.execute()
+    # a takes 10 entries in every 12, b the other 2: ranges of b's ids hold many of a's.
+    taken: dict[str, list[str]] = {"a": [], "b": []}
+    while True:
+        reply = r.xreadgroup(group, "a", {stream: ">"}, count=10)
+        if not reply:
+            break
+        taken["a"] += [entry_id for entry_id, _ in reply[0][1]]
+        reply = r.xreadgroup(group, "b", {stream: ">"}, count=2)
+        taken["b"] += [entry_id for entry_id, _ in reply[0][1]] if reply else []
+    a_ids = taken["a"]
+    assert (len(a_ids), len(taken["b"])) == (7500, 1500)
+
+    def register(name: str, ids: list[str]) -> str:
+        keys = [stream, KEYS.snapshot_files, KEYS.snapshot_version, KEYS.kpi_cache,
+                KEYS.leaderboard_rebuild]  # fmt: skip
+        status, _ = scripts.run("snapshot_register", keys, [group, "a", name, b"{}", *ids])
+        return cast(str, status)
+
+    def pending_of(consumer: str) -> int:
+        return sum(
+            int(c["pending"]) for c in r.xinfo_consumers(stream, group) if c["name"] == consumer
+        )
+
+    claims = _commandstat_calls(r, "xclaim")
+    assert register("listed.parquet", a_ids[:1000]) == "ok"
+    assert _commandstat_calls(r, "xclaim") == claims  # listed: no claim
+    assert pending_of("a") == len(a_ids) - 1000
+    assert pending_of("b") == len(taken["b"])
+
+    # Out of order: the list misses ids, the claim takes them all.
+    assert register("unsorted.parquet", a_ids[1000:1100][::-1]) == "ok"
+    assert _commandstat_calls(r, "xclaim") == claims + 1
+    # Too crowded to list: 1,000 of b's ids, over a range where more than 4,000 are pending.
+    b_spread = taken["b"][200:1200]
+    assert register("crowded.parquet", b_spread) == "ok"
+    assert _commandstat_calls(r, "xclaim") == claims + 2
+    assert pending_of("b") == len(taken["b"]) - 1000
+
+    # A conflict: one id acked already. Nothing of the file is registered or acked.
+    before = pending_of("a")
+    assert register("conflict.parquet", [a_ids[5], *a_ids[1100:1200]]) == "conflict"
+    assert pending_of("a") == before
+    assert set(r.hkeys(KEYS.snapshot_files)) == {
+        "listed.parquet", "unsorted.parquet", "crowded.parquet"
+    }  # fmt: skip

@@ -238,8 +238,8 @@ class SnapshotLoop:
             self.metrics.processing.observe(time.perf_counter() - started)
 
     async def _write_batch(self, batch: dict[bytes, bytes], stop: asyncio.Event) -> None:
-        ids = list(batch)
-        last_id = text(max(ids, key=id_key))
+        ids = sorted(batch, key=id_key)  # in stream order: the fence reads their range
+        last_id = text(ids[-1])
         on_half = die_now if self._fault == "mid_write" else None
         rows = list(batch.values())
         name, info = await asyncio.to_thread(self.store.write_rows, rows, last_id, on_half)
