@@ -13,7 +13,9 @@ Layout (key names in streamproc/keys.py, all in the pipeline's slot):
 - a set per customer (id → the same score), for the customer filter;
 - the schedule: id → when a pending record is due (a retry, a resend, or a lease expiry);
 - leases: id → owner|expiry while a consumer attempts an existing record, and
-  owner|expiry|log offset|attempts while it makes a record's first attempt.
+  owner|expiry|log offset|attempts while it makes a record's first attempt; plus one pin field
+  (`~`, lib/notification.lua) that keeps this churning hash a hashtable, whose lookups do not
+  scan.
 
 A record is written once its first attempt is over (`settle`, op create), with that attempt's
 outcome: the claim of a first attempt writes only the lease. So a record is not visible (pages,
@@ -52,6 +54,8 @@ from streamproc.notifications import (
 )
 from streamproc.replies import text
 
+# The leases hash's pin field (NOTE_LEASES_PIN in lib/notification.lua): not a lease.
+LEASES_PIN = "~"
 COMBINATIONS: tuple[tuple[str, str, str], ...] = tuple(itertools.product(TYPES, CHANNELS, STATUSES))
 # The (type, channel) of each sent stream: records sent at their first attempt.
 SENT_STREAMS: tuple[tuple[str, str], ...] = tuple(itertools.product(TYPES, CHANNELS))

@@ -11,7 +11,12 @@ import redis
 from streamproc.connection import async_client
 from streamproc.keys import Keys
 from streamproc.lua import AsyncScripts
-from streamproc.notification_store import COMBINATIONS, SENT_STREAMS, NotificationStore
+from streamproc.notification_store import (
+    COMBINATIONS,
+    LEASES_PIN,
+    SENT_STREAMS,
+    NotificationStore,
+)
 from streamproc.notifications import Notification, created_ms_of, decode_record
 
 KEYS = Keys()
@@ -29,6 +34,12 @@ def with_store(url: str, work: Callable[[NotificationStore], Awaitable[T]]) -> T
             await client.aclose()
 
     return asyncio.run(main())
+
+
+def leases(r: redis.Redis) -> dict[str, str]:
+    """The leases hash without its pin: record id → lease."""
+    found: dict[str, str] = r.hgetall(KEYS.notification_leases)
+    return {record_id: lease for record_id, lease in found.items() if record_id != LEASES_PIN}
 
 
 def index_entries(r: redis.Redis) -> dict[str, tuple[tuple[str, str, str], int]]:

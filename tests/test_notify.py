@@ -22,7 +22,7 @@ from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.keys import Keys
 from streamproc.models import Line, Order
-from streamproc.notification_store import ClaimRequest, NotificationStore, Settlement
+from streamproc.notification_store import LEASES_PIN, ClaimRequest, NotificationStore, Settlement
 from streamproc.notifications import (
     LogChannel,
     Notification,
@@ -31,7 +31,13 @@ from streamproc.notifications import (
 )
 from streamproc.settings import Settings
 from streamproc.transport import Decision, Message
-from tests.notify_support import all_records, assert_indexes_agree, index_entries, with_store
+from tests.notify_support import (
+    all_records,
+    assert_indexes_agree,
+    index_entries,
+    leases,
+    with_store,
+)
 
 KEYS = Keys()
 DEAD = "dead-consumer"
@@ -278,7 +284,7 @@ def test_first_attempt_writes_only_its_lease_and_is_recovered_after_a_crash(
     with_store(redis_url, work)
     after = stored(r, record.id)
     assert (after.status, after.attempts, after.log_offset) == ("sent", 2, -1)
-    assert r.hlen(KEYS.notification_leases) == 0
+    assert leases(r) == {}
     assert index_entries(r) == {record.id: (("success", "log", "sent"), start * 1000)}
     (entry,) = r.xrange(KEYS.notification_sent_stream("success", "log"))
     # Scored by the claim's time, and its text in the entry, not the hash.
@@ -326,7 +332,7 @@ def test_first_attempt_created_pending_or_failed_with_unique_scores(
     ]  # one customer for all
     assert scores == [now * 1000, now * 1000 + 1, now * 1000 + 2]
     assert r.get(KEYS.notification_clock) == str(now * 1000 + 2)
-    assert r.hlen(KEYS.notification_leases) == 0
+    assert leases(r) == {}
 
 
 def test_message_whose_first_attempt_was_taken_over_is_left_pending(
@@ -359,6 +365,38 @@ def test_message_whose_first_attempt_was_taken_over_is_left_pending(
     assert log_ids(log_path) == ["slow:success:log"]
 
 
+def test_claims_pin_the_leases_hash_to_a_hashtable_that_outlives_its_leases(
+    redis_url: str, r: redis.Redis
+) -> None:
+    """The first claim pins the leases hash (a field no record id equals, with a value too long
+    for the compact encoding), so the server keeps it as a hashtable, whose lookups do not scan;
+    it stays one once every lease is settled, and retention, which lists the leases, neither
+    takes the pin for a lease nor drops it."""
+    now = now_ms()
+    records = [new_record(make_order(f"pin{i}"), "completed", "log") for i in range(3)]
+
+    async def work(store: NotificationStore) -> list[bool]:
+        requests = [
+            ClaimRequest(rec.id, rec.order_reference, log_offset=0, customer_id=rec.customer_id)
+            for rec in records
+        ]
+        claims = await store.claim("a", now, 60_000, requests)
+        assert [c.verdict for c in claims] == ["new"] * 3
+        assert r.object("encoding", KEYS.notification_leases) == "hashtable"
+        assert set(leases(r)) == {rec.id for rec in records}
+        for rec in records:
+            rec.attempts, rec.created_ms, rec.status, rec.sent_ms = 1, now, "sent", now
+        return await store.settle("a", [Settlement("sent", rec, first=True) for rec in records])
+
+    assert with_store(redis_url, work) == [True, True, True]
+    assert leases(r) == {}
+    assert r.hkeys(KEYS.notification_leases) == [LEASES_PIN]
+    assert r.object("encoding", KEYS.notification_leases) == "hashtable"
+    assert with_store(redis_url, lambda store: store.expire(now - 1_000)) == 0
+    assert r.hkeys(KEYS.notification_leases) == [LEASES_PIN]
+    assert_indexes_agree(r)
+
+
 def test_retention_drops_leases_of_first_attempts_that_never_came_back(
     redis_url: str, r: redis.Redis
 ) -> None:
@@ -370,4 +408,4 @@ def test_retention_drops_leases_of_first_attempts_that_never_came_back(
     dropped = with_store(redis_url, lambda store: store.expire(now - 30 * 86_400_000))
 
     assert dropped == 0
-    assert set(r.hkeys(KEYS.notification_leases)) == {"live:success:log", "recent:success:log"}
+    assert set(leases(r)) == {"live:success:log", "recent:success:log"}

@@ -24,7 +24,7 @@ from streamproc.notifications import Notification
 from tests.api_support import LiveApi
 from tests.helpers import free_port, spawn_cli, stop_procs
 from tests.invariants import assert_one_notification_line_per_record
-from tests.notify_support import KEYS, all_records, assert_indexes_agree
+from tests.notify_support import KEYS, all_records, assert_indexes_agree, leases
 from tests.smtp_support import SmtpSink, wait_until
 from tests.support import HEADER as BASE_HEADER
 from tests.support import Pipeline, cli, export, notification_lines
@@ -305,7 +305,7 @@ def test_crash_between_send_and_sent_mark_keeps_one_record_per_order_and_channel
         assert victim.wait(timeout=30) == -signal.SIGKILL, (tmp_path / "victim.log").read_text()
         # It died with its batch sent and not marked: those first attempts are leased by it, and
         # their records not written yet (a record is created with its first attempt's outcome).
-        leased = {rid: owner for rid, owner in r.hgetall(KEYS.notification_leases).items()}
+        leased = leases(r)
         assert leased, "the victim left no lease"
         assert not set(leased) & set(all_records(r))
         in_batch = {rid.partition(":")[0] for rid in leased}

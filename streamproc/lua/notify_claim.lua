@@ -32,6 +32,9 @@ local expiry = string.format("%.0f", now + ttl)
 local lease_value = owner .. "|" .. expiry
 local seen = {}
 local out = {}
+if n > 0 then
+  note_pin_leases(KEYS[2])
+end
 for i = 1, n do
   local b = 4 + 5 * (i - 1)
   local id, state, attempt, offset = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]

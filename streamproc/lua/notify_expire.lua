@@ -77,9 +77,11 @@ if dropped < budget then -- the caller's last call
   local cutoff_ms = tonumber(ARGV[1]) / 1000
   local leases = redis.call("HGETALL", KEYS[2])
   for i = 1, #leases, 2 do
-    local _, until_ms = note_lease(leases[i + 1])
-    if until_ms < cutoff_ms and redis.call("HEXISTS", KEYS[1], leases[i]) == 0 then
-      redis.call("HDEL", KEYS[2], leases[i])
+    if leases[i] ~= NOTE_LEASES_PIN then
+      local _, until_ms = note_lease(leases[i + 1])
+      if until_ms < cutoff_ms and redis.call("HEXISTS", KEYS[1], leases[i]) == 0 then
+        redis.call("HDEL", KEYS[2], leases[i])
+      end
     end
   end
 end
