@@ -365,13 +365,20 @@ def test_message_whose_first_attempt_was_taken_over_is_left_pending(
     assert log_ids(log_path) == ["slow:success:log"]
 
 
-def test_claims_pin_the_leases_hash_to_a_hashtable_that_outlives_its_leases(
+def _calls(r: redis.Redis, command: str) -> int:
+    """How many times the server ran `command` since its statistics were reset."""
+    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_a_batch_takes_and_releases_its_leases_in_one_write_on_a_pinned_hash(
     redis_url: str, r: redis.Redis
 ) -> None:
-    """The first claim pins the leases hash (a field no record id equals, with a value too long
-    for the compact encoding), so the server keeps it as a hashtable, whose lookups do not scan;
-    it stays one once every lease is settled, and retention, which lists the leases, neither
-    takes the pin for a lease nor drops it."""
+    """A claim takes a batch's leases in one HSET and a settlement releases them in one HDEL
+    (one AOF command per batch, not one per record). The first claim pins the leases hash (a
+    field no record id equals, with a value too long for the compact encoding), so the server
+    keeps it as a hashtable, whose lookups do not scan; it stays one once every lease is
+    settled, and retention, which lists the leases, neither takes the pin for a lease nor drops
+    it."""
     now = now_ms()
     records = [new_record(make_order(f"pin{i}"), "completed", "log") for i in range(3)]
 
@@ -380,13 +387,19 @@ def test_claims_pin_the_leases_hash_to_a_hashtable_that_outlives_its_leases(
             ClaimRequest(rec.id, rec.order_reference, log_offset=0, customer_id=rec.customer_id)
             for rec in records
         ]
+        r.config_resetstat()
         claims = await store.claim("a", now, 60_000, requests)
         assert [c.verdict for c in claims] == ["new"] * 3
+        assert (_calls(r, "hset"), _calls(r, "hsetnx")) == (2, 0)  # the pin, then the leases
         assert r.object("encoding", KEYS.notification_leases) == "hashtable"
         assert set(leases(r)) == {rec.id for rec in records}
         for rec in records:
             rec.attempts, rec.created_ms, rec.status, rec.sent_ms = 1, now, "sent", now
-        return await store.settle("a", [Settlement("sent", rec, first=True) for rec in records])
+        settled = await store.settle(
+            "a", [Settlement("sent", rec, first=True) for rec in records]
+        )
+        assert _calls(r, "hdel") == 1
+        return settled
 
     assert with_store(redis_url, work) == [True, True, True]
     assert leases(r) == {}
