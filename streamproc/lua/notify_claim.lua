@@ -37,14 +37,18 @@ if n > 0 then
   note_pin_leases(KEYS[2])
 end
 -- The batch's leases as they were before it, read in one HMGET per 1,000 records: each record
--- is decided once per batch (seen), so nothing this batch takes needs reading back. The leases
+-- is decided once per batch (seen), and a claim writes no record, so nothing this batch takes
+-- needs reading back. The leases
 -- it takes are written after the loop in one HSET, which the AOF gets as one command per batch
 -- instead of one HSETNX per record (about a microsecond of server time per record).
 local ids = {}
 for i = 1, n do
   ids[i] = ARGV[5 + 5 * (i - 1)]
 end
-local held = note_read_leases(KEYS[2], ids)
+local held = note_hmget(KEYS[2], ids)
+-- The records hash holds only records not sent at their first attempt (a few): their texts,
+-- read the same way.
+local records = note_hmget(KEYS[1], ids)
 local taken, t = {}, 0
 local function take(id, lease)
   taken[t + 1], taken[t + 2] = id, lease
@@ -65,7 +69,7 @@ for i = 1, n do
   end
   if not verdict then
     seen[id] = true
-    local record = redis.call("HGET", KEYS[1], id)
+    local record = records[id]
     if not record and customer ~= "" and redis.call("ZSCORE", customer_prefix .. customer, id) then
       verdict = "done" -- sent at its first attempt: kept in its sent stream, not the hash
     elseif not record then

@@ -63,7 +63,7 @@ local ids = {}
 for i = 1, n do
   ids[i] = ARGV[4 + 5 * (i - 1)]
 end
-local held = note_read_leases(KEYS[2], ids)
+local held = note_hmget(KEYS[2], ids)
 local released = {}
 local function release(id)
   released[#released + 1] = id

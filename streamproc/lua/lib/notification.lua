@@ -120,12 +120,13 @@ local function note_move(prefix, id, from, to)
   end
 end
 
--- The leases of `ids` (id -> lease, or false), one HMGET per 1,000.
-local function note_read_leases(leases, ids)
+-- The fields `ids` of hash `key` (id -> value, or false), one HMGET per 1,000: the leases or
+-- the records of a batch in a call or two rather than one per record.
+local function note_hmget(key, ids)
   local held = {}
   for from = 1, #ids, 1000 do
     local to = math.min(from + 999, #ids)
-    local got = redis.call("HMGET", leases, unpack(ids, from, to))
+    local got = redis.call("HMGET", key, unpack(ids, from, to))
     for j = from, to do
       held[ids[j]] = got[j - from + 1]
     end
