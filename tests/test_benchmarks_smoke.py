@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.analytics import KPI_FIGURES
+from benchmarks.aof import resp_commands, tally
 from benchmarks.api import missing_tools
 from benchmarks.generate import HEADER, write_orders
 from benchmarks.pipeline import run
@@ -180,6 +181,43 @@ def test_notifications_benchmark_quick_run_times_every_call(tmp_path: Path) -> N
     assert result["lookup_us_per_record"] > 0
     # Sent at their first attempt: kept in the sent stream, far under a hash record and its sets.
     assert 0 < result["redis_bytes_per_record"] < 330
+
+
+def test_aof_tally_reads_resp_and_groups_by_command_and_key_family() -> None:
+    """The AOF's RESP text, split into commands and summed per order by name and key family
+    (digits in a key are one family)."""
+    data = (
+        b"*1\r\n$5\r\nMULTI\r\n"
+        b"*4\r\n$4\r\nHSET\r\n$12\r\n{sp}:order:1\r\n$1\r\ns\r\n$4\r\npaid\r\n"
+        b"*4\r\n$4\r\nHSET\r\n$13\r\n{sp}:order:22\r\n$1\r\ns\r\n$4\r\npaid\r\n"
+        b"*1\r\n$4\r\nEXEC\r\n"
+    )
+    commands = resp_commands(data)
+    assert [c[0] for c in commands] == [b"MULTI", b"HSET", b"HSET", b"EXEC"]
+    result = tally(commands, orders=2)
+    assert result["bytes_per_order"] == len(data) / 2
+    assert result["commands_per_order"] == 2
+    assert result["by_family"]["HSET {sp}:order:#"] == {
+        "commands_per_order": 1.0,
+        "bytes_per_order": (len(data) - 29) / 2,  # less MULTI (15 bytes) and EXEC (14)
+    }
+    with pytest.raises(ValueError, match="not a RESP array"):
+        resp_commands(b"+OK\r\n")
+
+
+def test_aof_benchmark_quick_run_counts_every_stage_write(tmp_path: Path) -> None:
+    """`benchmarks/aof.py --quick`: each order's hash is written four times (ingest and three
+    stages) and each stage's delivery of it once (an XCLAIM per XREADGROUP entry)."""
+    out = tmp_path / "aof.json"
+    done = _benchmark("aof", "--quick", "--output", str(out), timeout_s=120)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(out.read_text())["result"]
+    assert result["orders"] == 300
+    order_writes = result["by_family"]["HSET {sp}:order:ORD-#-#"]["commands_per_order"]
+    assert order_writes == 4.0
+    assert result["by_command"]["XCLAIM"]["commands_per_order"] == 5.0
+    by_name = sum(row["bytes_per_order"] for row in result["by_command"].values())
+    assert abs(by_name - result["bytes_per_order"]) < 1
 
 
 def _celery_missing() -> bool:
