@@ -38,13 +38,10 @@ if n > 0 then
 end
 -- The batch's leases as they were before it, read in one HMGET per 1,000 records: each record
 -- is decided once per batch (seen), and a claim writes no record, so nothing this batch takes
--- needs reading back. The leases
--- it takes are written after the loop in one HSET, which the AOF gets as one command per batch
--- instead of one HSETNX per record (about a microsecond of server time per record).
-local ids = {}
-for i = 1, n do
-  ids[i] = ARGV[5 + 5 * (i - 1)]
-end
+-- needs reading back. The leases it takes are written after the loop in one HSET, which the AOF
+-- gets as one command per batch instead of one HSETNX per record (about a microsecond of server
+-- time per record).
+local ids = note_ids(5, 5, n)
 local held = note_hmget(KEYS[2], ids)
 -- The records hash holds only records not sent at their first attempt (a few): their texts,
 -- read the same way.

@@ -59,11 +59,7 @@ end
 -- record settled twice in one batch sees its lease gone after the first release, as before. Should
 -- the batch fail half-way, the leases it released stay until they expire, which only delays a
 -- retry of the records settled before the failure: a settled record's lease is not read again.
-local ids = {}
-for i = 1, n do
-  ids[i] = ARGV[4 + 5 * (i - 1)]
-end
-local held = note_hmget(KEYS[2], ids)
+local held = note_hmget(KEYS[2], note_ids(4, 5, n))
 local released = {}
 local function release(id)
   released[#released + 1] = id

@@ -120,6 +120,15 @@ local function note_move(prefix, id, from, to)
   end
 end
 
+-- The record ids of a batch's items: ARGV[first], then every `stride` arguments, n of them.
+local function note_ids(first, stride, n)
+  local ids = {}
+  for i = 1, n do
+    ids[i] = ARGV[first + stride * (i - 1)]
+  end
+  return ids
+end
+
 -- The fields `ids` of hash `key` (id -> value, or false), one HMGET per 1,000: the leases or
 -- the records of a batch in a call or two rather than one per record.
 local function note_hmget(key, ids)
