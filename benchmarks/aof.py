@@ -2,7 +2,7 @@
 
     python -m benchmarks.aof [--orders 20000] [--quick]
 
-Runs ORDERS seeded orders through the whole pipeline (2 × `consume --stage all`, one ingest) on a
+Runs ORDERS seeded orders through the whole pipeline (2 `consume --stage all`, one ingest) on a
 private server with AOF on and automatic rewrites off, so the file keeps every write, then reads
 the AOF back and sums, per order: the bytes and the commands, by command name and by command and
 key family (digits in a key replaced by #, so every order hash is one family). Writes made inside

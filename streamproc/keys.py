@@ -22,8 +22,9 @@ STAGES: tuple[str, ...] = ("reserve", "payment", "finalize", "rollback", "notify
 
 # Orders created in one ms (one ingest batch, 500 by default) are spread over this many buckets:
 # about 31 records per bucket hash, well under the 512 entries (hash-max-listpack-entries, the
-# default) up to which Redis keeps a hash as one compact listpack, which a lookup scans. Consumers handle a stream's orders in about the order
-# they were imported, so a batch of messages touches a few buckets, not one per order.
+# default) up to which Redis keeps a hash as one compact listpack, which a lookup scans.
+# Consumers handle a stream's orders in about the order they were imported, so a batch of
+# messages touches a few buckets, not one per order.
 RECORD_BUCKETS = 16
 
 

@@ -395,9 +395,7 @@ def test_a_batch_takes_and_releases_its_leases_in_one_write_on_a_pinned_hash(
         assert set(leases(r)) == {rec.id for rec in records}
         for rec in records:
             rec.attempts, rec.created_ms, rec.status, rec.sent_ms = 1, now, "sent", now
-        settled = await store.settle(
-            "a", [Settlement("sent", rec, first=True) for rec in records]
-        )
+        settled = await store.settle("a", [Settlement("sent", rec, first=True) for rec in records])
         assert _calls(r, "hdel") == 1
         return settled
 
