@@ -1,7 +1,8 @@
 """One order as stored: its state, payload, payment record and timeline.
 
-One round trip; a re-submitted order (attempt > 1) takes a second one for its later attempts'
-ledger keys, whose number only the first reply tells.
+Two round trips: the order, then its gateway ledger bucket, which the order's creation ms names;
+a third reads the ledger hash of results recorded before buckets, only for attempts the bucket
+does not hold (an order the gateway has not answered yet, or one paid before buckets).
 """
 
 from __future__ import annotations
@@ -147,8 +148,13 @@ async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> 
     # A re-submitted order was charged under one more key per attempt; the ledger keeps them in
     # the bucket of the order's creation ms (or, recorded before buckets, in the old hash).
     created_ms = int(created) if created and created.isdigit() else 0
-    bucketed, before = await pipelined(client, ledger_reads(keys, order_id, created_ms, attempt))
-    records = ledger_results(bucketed, before)
+    bucket_read, before_read = ledger_reads(keys, order_id, created_ms, attempt)
+    (records,) = await pipelined(client, [bucket_read])
+    if None in records:
+        # Not in its bucket: recorded before buckets, or never (the gateway not called yet). Only
+        # then is the old hash read, one round trip more; a paid order's view takes two in all.
+        (before,) = await pipelined(client, [before_read])
+        records = ledger_results(records, before)
     return StoredOrder(
         order=decode_order(payload),
         state=text(state),
