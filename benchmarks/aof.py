@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
-import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ import redis
 
 from benchmarks.common import machine, pipeline_env, private_server, save
 from benchmarks.generate import write_orders
+from benchmarks.pipeline import _drive
 
 QUICK_ORDERS = 300
 TOP = 30
@@ -108,7 +106,8 @@ def incr_files(client: redis.Redis) -> list[Path]:
 
 
 def run(orders: int, procs: int = 2, seed: int = 7) -> dict[str, Any]:
-    """Drive ORDERS orders through the pipeline and tally what the AOF got meanwhile."""
+    """Drive ORDERS orders through the pipeline (benchmarks.pipeline's drive) and tally what the
+    AOF got from the ingest on."""
     with tempfile.TemporaryDirectory(prefix="sp-aof-") as tmp, private_server() as url:
         work = Path(tmp)
         client = redis.Redis.from_url(url)
@@ -116,27 +115,16 @@ def run(orders: int, procs: int = 2, seed: int = 7) -> dict[str, Any]:
         csv_path = work / "orders.csv"
         with csv_path.open("w", newline="") as handle:
             rows = write_orders(handle, orders, seed)
-        env = pipeline_env(url, work / "home")
-        cli = [sys.executable, "-m", "streamproc"]
-        consumers = [
-            subprocess.Popen([*cli, "consume", "--stage", "all"], env=env) for _ in range(procs)
-        ]
-        try:
-            time.sleep(1.5)  # up and idle: the AOF is at a command boundary
+        start: list[int] = []
+
+        def mark(_: list[int]) -> None:
+            # The consumers are up and idle: the AOF ends at a command boundary.
             [path] = incr_files(client)
-            start = path.stat().st_size
-            subprocess.run([*cli, "ingest", str(csv_path), "--json"], env=env, check=True,
-                           stdout=subprocess.DEVNULL)  # fmt: skip
-            subprocess.run([*cli, "wait", "--timeout", "600"], env=env, check=True,
-                           stdout=subprocess.DEVNULL)  # fmt: skip
-            time.sleep(1.5)  # the consumers' once-a-second trims
-        finally:
-            for proc in consumers:
-                proc.terminate()
-            for proc in consumers:
-                proc.wait(30)
+            start.append(path.stat().st_size)
+
+        _drive(url, pipeline_env(url, work / "home"), procs, csv_path, [], 0.0, on_started=mark)
         [after] = incr_files(client)
-        data = after.read_bytes()[start:]
+        data = after.read_bytes()[start[0] :]
         client.close()
     return {
         "orders": orders,

@@ -16,7 +16,6 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-import hiredis
 import redis.asyncio
 
 # Idle connections kept per pool: more than the reads one process has in flight at once under
@@ -49,10 +48,10 @@ async def _use(
     """One write of `commands` on `conn`, then every reply; `conn` is then kept (up to KEEP) or
     given back to the pool."""
     try:
-        # hiredis packs each command in C; redis-py's pack_commands adds a Python loop that
-        # regroups the packed parts by size, 7% of the API's CPU for an order (py-spy). The
-        # commands here are reads with str, bytes and int arguments, which hiredis takes.
-        packed = b"".join([hiredis.pack_command(command) for command in commands])
+        # Each command packed by the connection's own packer (hiredis, streamproc.connection),
+        # without redis-py's pack_commands around it: its Python loop regrouping the packed
+        # parts by size was 7% of the API's CPU for an order (py-spy).
+        packed = [part for command in commands for part in conn.pack_command(*command)]
         await conn.send_packed_command(packed)
         replies = [await conn.read_response() for _ in commands]
     except BaseException:

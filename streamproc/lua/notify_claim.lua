@@ -25,6 +25,7 @@
 -- Returns 2 values per request: new | recover | resume | busy | scheduled | done | stale | gone,
 -- and the stored record when the verdict is resume, `offset|attempts` of the dead attempt when it
 -- is recover ("" otherwise).
+-- include: hash_batch
 -- include: notification
 -- include: order
 local owner, now, ttl, customer_prefix = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
@@ -42,14 +43,14 @@ end
 -- gets as one command per batch instead of one HSETNX per record (about a microsecond of server
 -- time per record).
 local ids = note_ids(5, 5, n)
-local held = note_hmget(KEYS[2], ids)
+local held = hmget_map(KEYS[2], ids)
 -- The records hash holds only records not sent at their first attempt (a few): their texts,
 -- read the same way.
-local records = note_hmget(KEYS[1], ids)
-local taken, t = {}, 0
+local records = hmget_map(KEYS[1], ids)
+local taken = {} -- id, lease, id, lease, … for one HSET
 local function take(id, lease)
-  taken[t + 1], taken[t + 2] = id, lease
-  t = t + 2
+  taken[#taken + 1] = id
+  taken[#taken + 1] = lease
 end
 for i = 1, n do
   local b = 4 + 5 * (i - 1)
@@ -109,7 +110,5 @@ for i = 1, n do
   out[#out + 1] = verdict
   out[#out + 1] = stored
 end
-for i = 1, t, 2000 do
-  redis.call("HSET", KEYS[2], unpack(taken, i, math.min(i + 1999, t)))
-end
+hset_all(KEYS[2], taken)
 return out

@@ -18,6 +18,7 @@
 -- then 5 per item: record id, op (create | begin | sent | retry | failed), the record to store,
 -- due (ms; retry, and create of a pending record), created (ms; create only)
 -- Returns one integer per item: 1 applied, 0 left alone.
+-- include: hash_batch
 -- include: notification
 -- include: tally
 local owner, ix_prefix, customer_prefix = ARGV[1], ARGV[2], ARGV[3]
@@ -59,7 +60,7 @@ end
 -- record settled twice in one batch sees its lease gone after the first release, as before. Should
 -- the batch fail half-way, the leases it released stay until they expire, which only delays a
 -- retry of the records settled before the failure: a settled record's lease is not read again.
-local held = note_hmget(KEYS[2], note_ids(4, 5, n))
+local held = hmget_map(KEYS[2], note_ids(4, 5, n))
 local released = {}
 local function release(id)
   released[#released + 1] = id
@@ -122,9 +123,7 @@ for i = 1, n do
     end
   end
 end
-for i = 1, #released, 1000 do
-  redis.call("HDEL", KEYS[2], unpack(released, i, math.min(i + 999, #released)))
-end
+hdel_all(KEYS[2], released)
 for _, field in ipairs(day_fields) do
   redis.call("HINCRBY", KEYS[5], field, days[field])
 end

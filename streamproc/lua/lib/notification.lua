@@ -129,20 +129,6 @@ local function note_ids(first, stride, n)
   return ids
 end
 
--- The fields `ids` of hash `key` (id -> value, or false), one HMGET per 1,000: the leases or
--- the records of a batch in a call or two rather than one per record.
-local function note_hmget(key, ids)
-  local held = {}
-  for from = 1, #ids, 1000 do
-    local to = math.min(from + 999, #ids)
-    local got = redis.call("HMGET", key, unpack(ids, from, to))
-    for j = from, to do
-      held[ids[j]] = got[j - from + 1]
-    end
-  end
-  return held
-end
-
 -- The lease's holder, expiry (ms), and for a first attempt (no record yet) the log offset read
 -- before it (-1: none, or email) and its attempt count, from `owner|expiry[|offset|attempts]`;
 -- nil, 0, -1, 0 without a lease. A lease on an existing record carries only `owner|expiry`: the
