@@ -11,7 +11,12 @@ import msgspec
 import redis
 
 from streamproc.clock import iso_ms
-from streamproc.gateway import ledger_keys, ledger_results, successful_charges
+from streamproc.gateway import (
+    ledger_keys,
+    ledger_results,
+    read_payment_note,
+    successful_charges,
+)
 from streamproc.keys import Keys, record_bucket
 from streamproc.models import decode_order
 from streamproc.money import format_cents
@@ -120,7 +125,8 @@ def _load(
             lines=[
                 ExportLine(ln.sku, ln.name, ln.quantity, ln.unit_price_cents) for ln in order.lines
             ],
-            payment=(payment or b"").decode(),
+            # The outcome alone, as before the note carried the gateway's time.
+            payment=read_payment_note((payment or b"").decode(), 0)[0],
             charges=charged,
             attempts=int(attempt or 1),
             created_at=_iso(created),

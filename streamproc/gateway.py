@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -150,6 +151,27 @@ class PaymentGateway:
             approved = sum(r.approved for r in results)
             self.metrics.payment_results(approved, len(results) - approved)
         return results
+
+
+# The order hash's copy of its attempt's result (field p, written by the payment stage's commit):
+# the outcome and the gateway's ms after the order's creation (field c), e.g. `ok@1186`.
+_NOTE = re.compile(r"(ok|declined)@(-?[0-9]+)")
+
+
+def payment_note(result: ChargeResult, created_ms: int) -> str:
+    """The payment stage's note for the order hash: the outcome with the gateway's time, so the
+    order view needs no ledger read; the bare outcome when the creation ms is unknown (0)."""
+    outcome = "ok" if result.approved else "declined"
+    return f"{outcome}@{result.recorded_ms - created_ms}" if created_ms else outcome
+
+
+def read_payment_note(note: str, created_ms: int) -> tuple[str, int | None]:
+    """The outcome a note names (the note itself for any other note: a bare outcome, a reserve
+    failure's reason), and the gateway's ms when the note carries it (payment_note)."""
+    noted = _NOTE.fullmatch(note)
+    if noted is None or not created_ms:
+        return (noted.group(1) if noted else note), None
+    return noted.group(1), created_ms + int(noted.group(2))
 
 
 def parse_record(record: bytes | str) -> ChargeResult:

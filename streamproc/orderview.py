@@ -1,8 +1,11 @@
 """One order as stored: its state, payload, payment record and timeline.
 
-Two round trips: the order, then its gateway ledger bucket, which the order's creation ms names;
-a third reads the ledger hash of results recorded before buckets, only for attempts the bucket
-does not hold (an order the gateway has not answered yet, or one paid before buckets).
+One round trip for an order paid or declined in its first attempt: the payment stage keeps the
+gateway's outcome and time in the order hash (field p, gateway.payment_note), and the amount and
+currency charged are the order's own. Otherwise (not at the gateway yet, re-submitted, or paid
+before the note carried the time) the ledger is read: the order's ledger bucket, which its
+creation ms names, then, only for attempts the bucket does not hold, the hash of results
+recorded before buckets.
 """
 
 from __future__ import annotations
@@ -12,7 +15,13 @@ import re
 import msgspec
 import redis.asyncio
 
-from streamproc.gateway import ledger_reads, ledger_results, parse_record, successful_charges
+from streamproc.gateway import (
+    ledger_reads,
+    ledger_results,
+    parse_record,
+    read_payment_note,
+    successful_charges,
+)
 from streamproc.keys import Keys
 from streamproc.models import (
     COMPLETED,
@@ -145,25 +154,42 @@ async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> 
     # ingest.lua leaves a, k and h out of a new order's hash: these are their values.
     attempt = int(attempt_raw or 1)
     timeline, updated_ms = order_timeline(history, created, updated)
-    # A re-submitted order was charged under one more key per attempt; the ledger keeps them in
-    # the bucket of the order's creation ms (or, recorded before buckets, in the old hash).
     created_ms = int(created) if created and created.isdigit() else 0
-    bucket_read, before_read = ledger_reads(keys, order_id, created_ms, attempt)
-    (records,) = await pipelined(client, [bucket_read])
-    if None in records:
-        # Not in its bucket: recorded before buckets, or never (the gateway not called yet). Only
-        # then is the old hash read, one round trip more; a paid order's view takes two in all.
-        (before,) = await pipelined(client, [before_read])
-        records = ledger_results(records, before)
+    order = decode_order(payload)
+    outcome, recorded_ms = read_payment_note(text(note), created_ms)
+    if attempt == 1 and recorded_ms is not None:
+        # The note is the ledger's first result for the order's only key (the commit applies the
+        # payment stage's first decision, and every call of a key returns its first result).
+        payment = PaymentRecord(
+            outcome, order.total_cents, order.currency, recorded_ms, int(outcome == "ok")
+        )
+    else:
+        payment = await _ledger_payment(client, keys, order_id, created_ms, attempt)
     return StoredOrder(
-        order=decode_order(payload),
+        order=order,
         state=text(state),
         attempt=attempt,
         next_stage="reserve" if stage is None else text(stage),
-        note=text(note),
+        note=outcome,
         error=text(error),
         created_ms=int(created or 0),
         updated_ms=updated_ms,
         timeline=timeline,
-        payment=_payment(records[-1], successful_charges(records)),
+        payment=payment,
     )
+
+
+async def _ledger_payment(
+    client: redis.asyncio.Redis, keys: Keys, order_id: str, created_ms: int, attempt: int
+) -> PaymentRecord:
+    """The current attempt's ledger result and the charges over every attempt, from the ledger."""
+    # A re-submitted order was charged under one more key per attempt; the ledger keeps them in
+    # the bucket of the order's creation ms (or, recorded before buckets, in the old hash).
+    bucket_read, before_read = ledger_reads(keys, order_id, created_ms, attempt)
+    (records,) = await pipelined(client, [bucket_read])
+    if None in records:
+        # Not in its bucket: recorded before buckets, or never (the gateway not called yet). Only
+        # then is the old hash read, one round trip more.
+        (before,) = await pipelined(client, [before_read])
+        records = ledger_results(records, before)
+    return _payment(records[-1], successful_charges(records))

@@ -9,15 +9,22 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 import redis
 
+from streamproc import orderview, rawpipe
 from streamproc.connection import async_client, sync_client
 from streamproc.context import StageContext
+from streamproc.export import iter_orders
 from streamproc.gateway import (
     Charge,
+    ChargeResult,
     PaymentGateway,
     idempotency_key,
     order_results,
+    parse_record,
+    payment_note,
+    read_payment_note,
     simulated_outcome,
     successful_charges,
 )
@@ -25,6 +32,7 @@ from streamproc.ingest import ingest_file
 from streamproc.keys import Keys
 from streamproc.lua import AsyncScripts
 from streamproc.models import Line, Order, encode_order
+from streamproc.orderview import PaymentRecord
 from streamproc.runloop import RunLoop
 from streamproc.settings import Settings
 from streamproc.stages import load_handler
@@ -442,3 +450,102 @@ def test_commit_that_fails_half_way_keeps_what_it_applied_counted_and_acked(
     assert r.hgetall(KEYS.state_counts) == {"reserved": "2", "paid": "1"}
     assert r.xlen(KEYS.stream("finalize")) == 1
     assert r.xinfo_groups(KEYS.stream("payment"))[0]["pending"] == 2  # W1 and W2 stay pending
+
+
+def test_order_view_reads_the_payment_noted_on_the_order_in_one_round_trip(
+    redis_url: str, r: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The payment stage notes the gateway's outcome and time on the order (field p): the view
+    shows exactly the ledger's record from the order hash alone; without the time (a note
+    written before it was kept) the view reads the ledger as it did."""
+    total = 60
+    path = write_orders(tmp_path / "orders.csv", total, "SKU-V")
+    assert import_orders(redis_url, path, "SKU-V", total) == total
+    settings = Settings(
+        redis_url=redis_url, home_dir=tmp_path, payment_seed=5, payment_success_rate=0.5
+    )
+    round_trips: list[int] = []
+
+    async def counted(client: object, commands: list[tuple[object, ...]]) -> list[object]:
+        round_trips.append(len(commands))
+        return await rawpipe.pipelined(client, commands)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(orderview, "pipelined", counted)
+
+    async def views() -> dict[str, tuple[PaymentRecord, int]]:
+        client = async_client(redis_url)
+        try:
+            found = {}
+            for i in range(total):
+                round_trips.clear()
+                stored = await orderview.load_order(client, KEYS, f"P{i:05d}")
+                assert stored is not None
+                found[f"P{i:05d}"] = (stored.payment, len(round_trips))
+            return found
+        finally:
+            await client.aclose()
+
+    async def main() -> dict[str, tuple[PaymentRecord, int]]:
+        client = async_client(redis_url)
+        try:
+            ctx = StageContext.build(settings, client)
+            await run_stage_until(
+                ctx, "reserve", state_is(ctx, "reserved", total), concurrency=20, batch_size=7
+            )
+            await run_stage_until(
+                ctx, "payment", drained(ctx, "payment"), concurrency=20, batch_size=7
+            )
+        finally:
+            await client.aclose()
+        return await views()
+
+    seen = asyncio.run(main())
+    outcomes = set()
+    for order_id, (payment, trips) in seen.items():
+        created = int(r.hget(KEYS.order(order_id), "c"))
+        (record,) = order_results(r, KEYS, order_id, created, 1)
+        assert record is not None
+        ledger = parse_record(record)
+        assert payment == PaymentRecord(
+            "ok" if ledger.approved else "declined",
+            ledger.amount_cents,
+            ledger.currency,
+            ledger.recorded_ms,
+            int(ledger.approved),
+        ), order_id
+        assert trips == 1, order_id  # the order hash alone
+        outcomes.add(payment.outcome)
+    assert outcomes == {"ok", "declined"}
+    # The export's payment column is the outcome alone.
+    client = sync_client(redis_url)
+    try:
+        exported = {o.order_id: o.payment for o in iter_orders(client, KEYS)}
+    finally:
+        client.close()
+    assert exported == {oid: payment.outcome for oid, (payment, _) in seen.items()}
+
+    # A note without the gateway's time: the same view, from the ledger (one more round trip).
+    for order_id in seen:
+        r.hset(KEYS.order(order_id), "p", seen[order_id][0].outcome)
+    assert {oid: payment for oid, (payment, _) in asyncio.run(views()).items()} == {
+        oid: payment for oid, (payment, _) in seen.items()
+    }
+    assert set(round_trips) == {1} and len(round_trips) == 2
+
+
+def test_payment_note_keeps_the_outcome_and_the_gateway_time_after_creation() -> None:
+    approved, declined = (
+        ChargeResult(True, 1250, "USD", 1_000_186),
+        ChargeResult(False, 1250, "USD", 999_995),
+    )
+    assert payment_note(approved, 1_000_000) == "ok@186"
+    assert payment_note(declined, 1_000_000) == "declined@-5"  # the gateway's clock behind
+    assert payment_note(approved, 0) == "ok"  # creation unknown: the outcome alone
+    assert read_payment_note("ok@186", 1_000_000) == ("ok", 1_000_186)
+    assert read_payment_note("declined@-5", 1_000_000) == ("declined", 999_995)
+    # Anything else is read as it is, with no time: the view then reads the ledger.
+    assert read_payment_note("ok", 1_000_000) == ("ok", None)
+    assert read_payment_note("ok@186", 0) == ("ok", None)
+    assert read_payment_note("out_of_stock:SKU-X", 1_000_000) == ("out_of_stock:SKU-X", None)
+    assert read_payment_note("ok@x", 1_000_000) == ("ok@x", None)
+    assert read_payment_note("", 1_000_000) == ("", None)
