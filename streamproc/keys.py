@@ -219,8 +219,9 @@ class Keys:
         customers: zset customer id → total spent (cents); customer_info: hash customer id →
         `<orders>|<first order date>|<order_date>|<order_id>|<name>`, the order and name being the
         latest (analytics.leaderboard.read_card); products: zset SKU → units sold; product_info:
-        hash `<sku>:r` revenue (cents), `<sku>:n` orders, `<sku>:name`, `<sku>:k`. The scripts
-        build these names from leaderboard_prefix, so the two must agree.
+        hash SKU → `<revenue cents>|<orders>|<order_date>|<order_id>|<name>`, of the latest order
+        with a named line (read_product_card; before cards: `<sku>:r`, `:n`, `:k`, `:name`, still
+        read). The scripts build these names from leaderboard_prefix, so the two must agree.
         """
         return f"{self.leaderboard_prefix(staging)}{currency}:{board}"
 

@@ -18,7 +18,14 @@ import pytest
 import redis
 from redis.exceptions import ResponseError
 
-from streamproc.analytics.leaderboard import CustomerCard, boards_before_cards, read_card
+from streamproc.analytics.leaderboard import (
+    CustomerCard,
+    ProductEntry,
+    boards_before_cards,
+    read_card,
+    read_product_card,
+    top_products,
+)
 from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.keys import BOARDS
@@ -33,6 +40,8 @@ def expected_boards(orders: list[Order]) -> dict[str, Any]:
     """The boards as one update per order (the rules of lib/leaderboard.lua) leaves them."""
     boards: dict[str, Any] = {}
     cards: dict[str, dict[str, list[Any]]] = {}  # currency -> id -> [orders, first, key, name]
+    # currency -> SKU -> [revenue, orders, latest key of a named line, name]
+    products: dict[str, dict[str, list[Any]]] = {}
     for o in orders:
         cur, cid, key = o.currency, str(o.customer_id), f"{o.order_date}|{o.order_id}"
         scores = boards.setdefault(f"{cur}:customers", {})
@@ -53,13 +62,16 @@ def expected_boards(orders: list[Order]) -> dict[str, Any]:
             if ln.name:
                 p[2] = ln.name
         units = boards.setdefault(f"{cur}:products", {})
-        pinfo = boards.setdefault(f"{cur}:product_info", {})
         for sku, (qty, cents, name) in per.items():
             units[sku] = units.get(sku, 0) + qty
-            pinfo[f"{sku}:r"] = str(int(pinfo.get(f"{sku}:r", "0")) + cents)
-            pinfo[f"{sku}:n"] = str(int(pinfo.get(f"{sku}:n", "0")) + 1)
-            if name and (f"{sku}:k" not in pinfo or key > pinfo[f"{sku}:k"]):
-                pinfo[f"{sku}:k"], pinfo[f"{sku}:name"] = key, name
+            product = products.setdefault(cur, {}).setdefault(sku, [0, 0, "|", ""])
+            product[0] += cents
+            product[1] += 1
+            if name and (product[2] == "|" or key > product[2]):
+                product[2], product[3] = key, name
+        boards[f"{cur}:product_info"] = {
+            sku: f"{r}|{n}|{k}|{name}" for sku, (r, n, k, name) in products[cur].items()
+        }
         boards.setdefault("currencies", set()).add(cur)
     return boards
 
@@ -203,12 +215,7 @@ def test_same_customer_and_sku_in_one_batch_out_of_date_order(
     card = read_card(r.hget(KEYS.leaderboard("USD", "customer_info"), "5"))
     assert card == CustomerCard(4, d2, d1, "C3", "Latest")
     pinfo = r.hgetall(KEYS.leaderboard("USD", "product_info"))
-    assert (pinfo["S:name"], pinfo["S:k"], pinfo["S:r"], pinfo["S:n"]) == (
-        "Widget",
-        f"{d1}|B2",
-        str(300 + 30 + 1 + 1),
-        "4",
-    )
+    assert pinfo == {"S": f"{300 + 30 + 1 + 1}|4|{d1}|B2|Widget"}
     assert r.zscore(KEYS.leaderboard("USD", "products"), "S") == 3 + 3 + 1 + 1
 
 
@@ -247,7 +254,7 @@ def test_an_equal_latest_key_keeps_the_name_added_first(redis_url: str, r: redis
     assert commit_batches(redis_url, orders, [2], payloads) == [[1, 1]]
     assert stored_boards(r) == expected_boards(same)
     assert read_card(r.hget(KEYS.leaderboard("EUR", "customer_info"), "6")).name == "First"
-    assert r.hget(KEYS.leaderboard("EUR", "product_info"), "S:name") == "One"
+    assert r.hget(KEYS.leaderboard("EUR", "product_info"), "S") == f"10|2|{date}|T|One"
 
 
 def test_consume_warns_about_customer_figures_written_before_cards(
@@ -262,3 +269,75 @@ def test_consume_warns_about_customer_figures_written_before_cards(
     seen = consume_start_line(sp_env, "leaderboard")
     assert "the USD customer leaderboard" in seen and "leaderboard rebuild" in seen
     assert "EUR" not in seen
+
+
+def test_product_figures_written_before_cards_fold_into_the_first_card(
+    redis_url: str, r: redis.Redis
+) -> None:
+    """A SKU's fields from before cards (`:r`, `:n`, `:k`, `:name`) are taken into its card by
+    the next completion and dropped; untouched ones are still read by the board's reader."""
+    info = KEYS.leaderboard("USD", "product_info")
+    r.sadd(KEYS.leaderboard_currencies(), "USD")
+    r.zadd(KEYS.leaderboard("USD", "products"), {"OLD": 7, "KEPT": 40, "BARE": 1})
+    r.hset(
+        info,
+        mapping={
+            "OLD:r": "700",
+            "OLD:n": "3",
+            "OLD:k": "2025-11-20T00:00:00Z|Z9",
+            "OLD:name": "Old name",
+            "KEPT:r": "4000",
+            "KEPT:n": "5",
+            "KEPT:k": "2025-11-01T00:00:00Z|K1",
+            "KEPT:name": "Kept",
+            "BARE:n": "1",  # a SKU whose lines never had a name, and a revenue field lost
+        },
+    )
+    date = "2025-11-10T00:00:00Z"
+    orders = [
+        # Older than OLD's latest key: its name stays; NEW gets a card of its own.
+        Order("A1", 5, "Pat", "USD", date, [Line("OLD", "Newer name", 2, 50)]),
+        Order("A2", 5, "Pat", "USD", date, [Line("NEW", "", 1, 30), Line("BARE", "", 1, 5)]),
+    ]
+    put_orders(r, orders, {})
+    assert commit_batches(redis_url, orders, [2], {}) == [[1, 1]]
+    assert r.hgetall(info) == {
+        "OLD": "800|4|2025-11-20T00:00:00Z|Z9|Old name",
+        "NEW": "30|1|||",
+        "BARE": "5|2|||",
+        "KEPT:r": "4000",
+        "KEPT:n": "5",
+        "KEPT:k": "2025-11-01T00:00:00Z|K1",
+        "KEPT:name": "Kept",
+    }
+
+    async def top() -> list[ProductEntry]:
+        client = async_client(redis_url)
+        try:
+            return await top_products(client, KEYS, "USD", 10)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(top()) == [
+        ProductEntry(1, "KEPT", "Kept", 40, 4000, 5),
+        ProductEntry(2, "OLD", "Old name", 9, 800, 4),
+        ProductEntry(3, "BARE", "", 2, 5, 2),
+        ProductEntry(4, "NEW", "", 1, 30, 1),
+    ]
+
+
+def test_a_product_revenue_past_2_to_the_53_stays_exact(redis_url: str, r: redis.Redis) -> None:
+    info = KEYS.leaderboard("EUR", "product_info")
+    near = 2**53 - 3
+    r.hset(info, "BIG", f"{near}|1|||")
+    r.hset(info, "HUGE", f"{10**30 - 1}|1|||")
+    date = "2025-11-10T00:00:00Z"
+    orders = [
+        Order("B1", 5, "Pat", "EUR", date, [Line("BIG", "Big", 1, 999), Line("HUGE", "", 1, 1)]),
+        Order("B2", 5, "Pat", "EUR", date, [Line("BIG", "", 3, 7)]),
+    ]
+    put_orders(r, orders, {})
+    assert commit_batches(redis_url, orders, [1, 1], {}) == [[1], [1]]
+    assert r.hget(info, "BIG") == f"{near + 999 + 21}|3|{date}|B1|Big"
+    assert r.hget(info, "HUGE") == f"{10**30}|2|||"
+    assert read_product_card(r.hget(info, "HUGE")).revenue_cents == 10**30

@@ -58,6 +58,43 @@ def read_card(raw: bytes | str | None) -> CustomerCard:
     return CustomerCard(int(orders), first, last, order_id, name)
 
 
+class ProductCard(msgspec.Struct):
+    """A product's figures beside its units sold (product_info, lib/leaderboard.lua)."""
+
+    revenue_cents: int
+    orders: int
+    last_order: str
+    last_order_id: str
+    name: str
+
+
+# A product's fields in the layout before cards (revenue, orders, latest key, name).
+OLD_PRODUCT_FIELDS = ("r", "n", "k", "name")
+
+
+def read_product_card(raw: bytes | str) -> ProductCard:
+    """`<revenue cents>|<orders>|<order_date>|<order_id>|<name>` (`|||` before a named line; the
+    name may hold "|")."""
+    parts = text(raw).split("|", 4)
+    if len(parts) < 5 or not parts[0].isdigit() or not parts[1].isdigit():
+        return ProductCard(0, 0, "", "", "")
+    revenue, orders, last, order_id, name = parts
+    return ProductCard(int(revenue), int(orders), last, order_id, name)
+
+
+def old_product_card(fields: list[bytes | None]) -> ProductCard:
+    """A product's figures from the fields before cards (OLD_PRODUCT_FIELDS, as read)."""
+    revenue, orders, key, name = (text(f) for f in fields)
+    last, _, order_id = key.partition("|")
+    return ProductCard(
+        int(revenue) if revenue.isdigit() else 0,
+        int(orders) if orders.isdigit() else 0,
+        last,
+        order_id,
+        name,
+    )
+
+
 def boards_before_cards(client: redis.Redis, keys: Keys) -> list[str]:
     """The currencies whose customer figures are still in the layout before cards (`<id>:n`,
     `<id>:name`, …: every field has a colon, a card's is a bare id); a rebuild rewrites them.
@@ -121,19 +158,23 @@ async def top_products(
     rows = await _top(client, keys.leaderboard(currency, "products"), limit)
     if not rows:
         return []
-    fields = [f"{m.decode()}:{f}" for m, _ in rows for f in ("name", "r", "n")]
-    info = await _hmget(client, keys.leaderboard(currency, "product_info"), fields)
-    return [
-        ProductEntry(
-            rank,
-            member.decode(),
-            text(info[3 * i]),
-            int(score),
-            int(info[3 * i + 1] or 0),
-            int(info[3 * i + 2] or 0),
+    info = keys.leaderboard(currency, "product_info")
+    skus = [m.decode() for m, _ in rows]
+    raw = await _hmget(client, info, skus)
+    # A SKU no completion touched since cards came keeps the fields from before: one more read.
+    missing = [sku for sku, card in zip(skus, raw, strict=True) if card is None]
+    old: dict[str, ProductCard] = {}
+    if missing:
+        names = [f"{sku}:{suffix}" for sku in missing for suffix in OLD_PRODUCT_FIELDS]
+        found = await _hmget(client, info, names)
+        old = {sku: old_product_card(found[4 * n : 4 * n + 4]) for n, sku in enumerate(missing)}
+    entries = []
+    for rank, (sku, (_, score), card) in enumerate(zip(skus, rows, raw, strict=True), start=1):
+        figures = old[sku] if card is None else read_product_card(card)
+        entries.append(
+            ProductEntry(rank, sku, figures.name, int(score), figures.revenue_cents, figures.orders)
         )
-        for i, (rank, (member, score)) in enumerate(enumerate(rows, start=1))
-    ]
+    return entries
 
 
 async def customer_standing(

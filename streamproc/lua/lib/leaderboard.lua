@@ -6,12 +6,12 @@
 -- A script sums its orders (or merge rows) per customer and per SKU in Lua tables first
 -- (lb_batch, lb_add_*) and writes them with lb_flush: per currency and per 500 customers (SKUs)
 -- one ZMSCORE, one ZADD, one HMGET and at most one HSET, and one SADD of the batch's currencies;
--- an order costs no command of its own. The counters are read and written back (the script is
--- atomic) instead of HINCRBY, which only takes over when a sum reaches 2^53.
+-- an order costs no command of its own. Each customer's and SKU's figures besides the score
+-- are one card (one hash field), read and written back whole (the script is atomic).
 -- The sums are arrays, not records with named fields: filling hash parts cost Lua about 5% more
 -- of the server's instructions per order (callgrind), a third of what the batching saves.
 local LB_EXACT = 9007199254740992
-local LB_CHUNK = 500 -- ids per call: HSET takes up to 8 values per id, unpack() allows 8000
+local LB_CHUNK = 500 -- ids per call: an HMGET of old fields takes 4 per id, unpack() allows 8000
 local lb_format, lb_floor = string.format, math.floor
 
 -- Sums for one board prefix (the live boards, or a rebuild's staging copy): { prefix, its set of
@@ -107,8 +107,8 @@ local function lb_add_order(batch, d)
   end
 end
 
--- The stored integer `have` (false: none) plus `by` as the string to store, or nil when the sum
--- is not exact in a Lua number (or `have` is no integer): then HINCRBY adds it, as it always did.
+-- The stored integer `have` (nil: none) plus `by` as the string to store, or nil when the sum
+-- is not exact in a Lua number (or `have` is no integer).
 local function lb_sum(have, by)
   local v = 0
   if have then
@@ -124,15 +124,18 @@ local function lb_sum(have, by)
   return lb_format("%.0f", v)
 end
 
--- Appends field and value to `sets` (its length m), or adds with HINCRBY; returns the length.
-local function lb_counter(info, sets, m, field, have, by)
-  local v = lb_sum(have, by)
-  if not v then
-    redis.call("HINCRBY", info, field, lb_format("%.0f", by))
-    return m
+-- Two non-negative decimal integers added digit by digit: a product's revenue past 2^53 cents,
+-- where Lua numbers are no longer exact (HINCRBY's job before product cards).
+local function lb_decimal_add(a, b)
+  local out, carry, i, j = {}, 0, #a, #b
+  while i > 0 or j > 0 or carry > 0 do
+    local d = carry + (i > 0 and string.byte(a, i) - 48 or 0)
+      + (j > 0 and string.byte(b, j) - 48 or 0)
+    out[#out + 1] = d % 10
+    carry = (d - d % 10) / 10
+    i, j = i - 1, j - 1
   end
-  sets[m + 1], sets[m + 2] = field, v
-  return m + 2
+  return string.reverse(table.concat(out))
 end
 
 -- The sorted set `board` plus each id's amount (index 1 of its sums): the new scores are the old
@@ -154,7 +157,8 @@ end
 -- Writes one board and its info hash for a currency's ids, LB_CHUNK ids at a time: their new
 -- scores, then one HMGET of each id's info fields (the id followed by each of `suffixes`) and
 -- one HSET of what `settle` decides to change (settle returns the new length of the HSET list).
-local function lb_flush_board(board, info, suffixes, ids, count, sums, scratch, settle)
+-- `upgrade` (optional) may fill in what the HMGET found missing from an older layout.
+local function lb_flush_board(board, info, suffixes, ids, count, sums, scratch, settle, upgrade)
   local k = #suffixes
   for from = 1, count, LB_CHUNK do
     local to = math.min(from + LB_CHUNK - 1, count)
@@ -168,6 +172,9 @@ local function lb_flush_board(board, info, suffixes, ids, count, sums, scratch, 
       f = f + k
     end
     local have = redis.call("HMGET", info, unpack(fields, 1, f))
+    if upgrade then
+      upgrade(info, ids, from, to, have)
+    end
     local sets, m = scratch[3], 0
     for i = from, to do
       local id = ids[i]
@@ -177,15 +184,6 @@ local function lb_flush_board(board, info, suffixes, ids, count, sums, scratch, 
       redis.call("HSET", info, unpack(sets, 1, m))
     end
   end
-end
-
--- The latest key and its name, when `key` (nil: no name to give) is later than the stored one.
-local function lb_latest(sets, m, field, stored, key, id, name)
-  if key and (not stored or key > stored) then
-    sets[m + 1], sets[m + 2], sets[m + 3], sets[m + 4] = field, key, id .. ":name", name
-    return m + 4
-  end
-  return m
 end
 
 -- A customer's card in customer_info: `<orders>|<first date>|<order_date>|<order_id>|<name>` under
@@ -214,11 +212,69 @@ local function lb_settle_customer(info, sets, m, fields, j, have, id, s)
   return m + 2
 end
 
--- A SKU's sums {units, cents, orders, latest named key, name}: revenue, count, latest.
+-- A product's card in product_info: `<revenue cents>|<orders>|<order_date>|<order_id>|<name>`
+-- under the SKU, the key and name those of the latest order with a named line (`|||` before
+-- any). One field instead of four (`<sku>:r`, `:n`, `:k`, `:name`): one HMGET field and one
+-- HSET pair per SKU of a batch instead of three and up to four.
+local function lb_product_read(card)
+  if not card then
+    return nil, 0, nil, nil
+  end
+  local revenue, orders, key, name = string.match(card, "^(%d+)|(%d+)|([^|]*|[^|]*)|(.*)$")
+  if key == "|" then
+    key = nil
+  end
+  return revenue, tonumber(orders) or 0, key, name
+end
+
+-- A SKU's sums {units, cents, orders, latest named key, name} added to its card. Revenue is
+-- exact at any size (lb_decimal_add past 2^53 cents); the order count as a customer's.
 local function lb_settle_product(info, sets, m, fields, j, have, id, s)
-  m = lb_counter(info, sets, m, fields[j + 1], have[j + 1], s[2])
-  m = lb_counter(info, sets, m, fields[j + 2], have[j + 2], s[3])
-  return lb_latest(sets, m, fields[j + 3], have[j + 3], s[4], id, s[5])
+  local revenue, orders, key, name = lb_product_read(have[j + 1])
+  revenue = lb_sum(revenue, s[2]) or lb_decimal_add(revenue or "0", lb_format("%.0f", s[2]))
+  if s[4] and (not key or s[4] > key) then
+    key, name = s[4], s[5]
+  end
+  sets[m + 1] = fields[j + 1]
+  sets[m + 2] = revenue .. "|" .. lb_format("%.0f", orders + s[3]) .. "|" .. (key or "|") .. "|"
+    .. (name or "")
+  return m + 2
+end
+
+-- SKUs with no card yet may have figures in the layout before cards (`<sku>:r`, `:n`, `:k`,
+-- `:name`, written by earlier versions): read once, as a card, and dropped when it is written.
+-- A board written from cards pays one HMGET per chunk with a new SKU, nothing otherwise.
+local function lb_product_upgrade(info, ids, from, to, have)
+  local old, n, at = {}, 0, {}
+  for i = from, to do
+    if not have[i - from + 1] then
+      local id = ids[i]
+      old[n + 1], old[n + 2], old[n + 3], old[n + 4] = id .. ":r", id .. ":n", id .. ":k",
+        id .. ":name"
+      n = n + 4
+      at[#at + 1] = i - from + 1
+    end
+  end
+  if n == 0 then
+    return
+  end
+  local found = redis.call("HMGET", info, unpack(old, 1, n))
+  local drop, d = {}, 0
+  for x = 1, #at do
+    local r, c, k, name = found[4 * x - 3], found[4 * x - 2], found[4 * x - 1], found[4 * x]
+    if r or c or k or name then
+      have[at[x]] = (r and string.match(r, "^%d+$") or "0") .. "|"
+        .. (c and string.match(c, "^%d+$") or "0") .. "|"
+        .. (k and string.find(k, "|", 1, true) and k or "|") .. "|" .. (name or "")
+      for y = 4 * x - 3, 4 * x do
+        drop[d + 1] = old[y]
+        d = d + 1
+      end
+    end
+  end
+  if d > 0 then
+    redis.call("HDEL", info, unpack(drop, 1, d))
+  end
 end
 
 -- Write a batch's sums to its boards (nothing when it is empty).
@@ -235,8 +291,8 @@ local function lb_flush(batch)
     local board = prefix .. cur .. ":"
     lb_flush_board(board .. "customers", board .. "customer_info", { "" }, c[1], c[5], c[2],
       scratch, lb_settle_customer)
-    lb_flush_board(board .. "products", board .. "product_info", { ":r", ":n", ":k" }, c[3], c[6],
-      c[4], scratch, lb_settle_product)
+    lb_flush_board(board .. "products", board .. "product_info", { "" }, c[3], c[6], c[4],
+      scratch, lb_settle_product, lb_product_upgrade)
   end
   redis.call("SADD", batch[2], unpack(curs))
 end
