@@ -17,6 +17,7 @@ from benchmarks.aof import resp_commands, tally
 from benchmarks.api import missing_tools
 from benchmarks.generate import HEADER, write_orders
 from benchmarks.pipeline import run
+from benchmarks.profile_server import analyse, parse_perf_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MISSING_LOAD_TOOLS = missing_tools()
@@ -470,3 +471,83 @@ def test_profile_consumers_quick_run_profiles_the_stage_handlers(tmp_path: Path)
         assert all(0 < row["share"] <= 1 and row["samples"] > 0 for row in rows)
     assert sum(row["share"] for row in result["top_self"]) <= 1.01
     assert "stage handlers" in done.stdout  # the printed summary
+
+
+# Two samples as `perf script -F ip,sym` prints them: frames innermost first, a blank line after.
+PERF_SCRIPT = """\
+\t    55d0c3bc441f [unknown]
+\t    55d0c3bc441f lua_pcall
+\t    55d0c3a00001 luaCallFunction
+\t    55d0c3a00002 evalGenericCommand
+\t    55d0c3a00003 call
+\t    55d0c3a00004 processCommand
+
+\t    55d0c3a00010 dictFind
+\t    55d0c3a00011 lookupKey
+\t    55d0c3a00012 hmgetCommand
+\t    55d0c3a00003 call
+\t    55d0c3a00013 scriptCall
+\t    55d0c3bc441f [unknown]
+\t    55d0c3a00002 evalGenericCommand
+\t    55d0c3a00003 call
+
+\t    55d0c3a00020 catAppendOnlyGenericCommand
+\t    55d0c3a00021 feedAppendOnlyFile
+\t    55d0c3a00022 propagatePendingCommands
+\t    55d0c3a00003 call
+
+\t    55d0c3bc441f [unknown]
+\t    55d0c3bc441f lua_pcall
+\t    55d0c3a00001 luaCallFunction
+\t    55d0c3a00002 evalGenericCommand
+\t    55d0c3a00003 call
+\t    55d0c3a00004 processCommand
+"""
+
+
+def test_profile_server_reads_perf_stacks_into_shares_by_part() -> None:
+    """`benchmarks/profile_server.py`'s reading of perf's stacks: a sample counts for every part
+    its stack passes through, script time outside commands is told apart, leaves rank."""
+    stacks = parse_perf_script(PERF_SCRIPT.splitlines())
+    assert sum(stacks.values()) == 4
+    assert len(stacks) == 3  # the first and last samples' stacks are the same
+    assert next(iter(stacks))[0] == "[unknown]"  # innermost first
+    result = analyse(stacks)
+    assert result["samples"] == 4
+    parts = result["parts"]
+    assert parts["scripts (EVALSHA)"] == 0.75
+    assert parts["commands called by scripts"] == 0.25
+    assert parts["feeding the AOF (commands written)"] == 0.25
+    assert parts["key lookups"] == 0.25
+    assert parts["XREADGROUP"] == 0.0
+    assert result["scripts_outside_commands"] == 0.5
+    assert result["scripts_unnamed_self"] == 0.5
+    assert result["commands"]["HMGET"] == 0.25
+    assert result["top_self"][0] == {"function": "[unknown]", "samples": 2, "share": 0.5}
+    assert sum(row["samples"] for row in result["top_self"]) == 4
+
+
+@pytest.mark.timeout(90)
+def test_profile_server_quick_run_profiles_the_servers_main_thread(tmp_path: Path) -> None:
+    """`benchmarks/profile_server.py` end to end: perf samples the private server's main thread
+    during a small flood; most of its time is in scripts, and their commands are named."""
+    out = tmp_path / "profile_server.json"
+    done = _benchmark(
+        "profile_server",
+        *("--orders", "2000", "--procs", "1", "--rate", "2000", "--output", str(out)),
+        timeout_s=80,
+    )
+    if done.returncode == 2 and "may not profile" in done.stderr:
+        pytest.skip(done.stderr.strip())  # no leave to profile another process here
+    assert done.returncode == 0, done.stderr
+    saved = json.loads(out.read_text())
+    assert saved["benchmark"] == "profile_server"
+    result = saved["result"]
+    assert result["orders"] == 2000 and result["samples"] > 50
+    parts = result["parts"]
+    assert 0.3 < parts["scripts (EVALSHA)"] <= 1
+    assert 0 < parts["commands called by scripts"] < parts["scripts (EVALSHA)"]
+    assert result["scripts_outside_commands"] <= parts["scripts (EVALSHA)"]
+    assert result["commands"]["HMGET"] > 0 and result["commands"]["XADD"] > 0
+    assert sum(row["share"] for row in result["top_self"]) <= 1.01
+    assert "command HMGET" in done.stdout  # the printed summary

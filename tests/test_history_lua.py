@@ -12,7 +12,9 @@ import redis
 from streamproc.orderview import parse_timeline
 
 LIB = resources.files("streamproc").joinpath("lua", "lib")
-SOURCE = "".join(LIB.joinpath(f"{name}.lua").read_text("utf-8") for name in ("order", "submitted"))
+SOURCE = "".join(
+    LIB.joinpath(f"{name}.lua").read_text("utf-8") for name in ("ms", "order", "submitted")
+)
 C = 1_795_637_643_137
 
 

@@ -27,6 +27,7 @@
 -- Returns one integer per item: 1 applied, 0 stale (acked only), -1 order missing (not acked);
 -- then, for each applied item whose new state is terminal (in item order), the ms since its order
 -- was submitted (-1 when unknown): the end-to-end latency, at the cost of one more HMGET field.
+-- include: ms
 -- include: leaderboard
 -- include: tally
 -- include: submitted
@@ -35,11 +36,17 @@ local group, stage, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now_ms = tonumber(now)
 local m, lb_live, lb_staging = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local K_DAY, K_TPUT, K_REBUILD, K_ORDERS = 3 + m, 4 + m, 5 + m, 5 + m
-local transitions = {}
-for t = 1, tonumber(ARGV[8]) do
-  transitions[t] = { ARGV[6 + 3 * t], ARGV[7 + 3 * t], ARGV[8 + 3 * t] }
+-- Keyed by the items' argument itself ("1", "2", ...), with each output's stream key looked up
+-- here once: per item, a table lookup instead of a string-to-number conversion per field.
+local transitions, t_count = {}, tonumber(ARGV[8])
+for t = 1, t_count do
+  local outputs, streams = ARGV[8 + 3 * t], {}
+  for j = 1, #outputs do
+    streams[j] = KEYS[2 + tonumber(string.sub(outputs, j, j))]
+  end
+  transitions[tostring(t)] = { ARGV[6 + 3 * t], ARGV[7 + 3 * t], streams }
 end
-local first = 8 + 3 * #transitions
+local first = 8 + 3 * t_count
 local rebuilding -- looked up at the first completion
 local live, staging -- the completions' leaderboard sums, written once after the batch
 local terminals = 0
@@ -56,7 +63,7 @@ local function apply()
   for i = 1, n do
     local b = first + (i - 1) * 6
     local msg, attempt = ARGV[b + 1], ARGV[b + 3]
-    local transition = transitions[tonumber(ARGV[b + 4])]
+    local transition = transitions[ARGV[b + 4]]
     local to_state = transition[1]
     if to_state == "" then
       acks[#acks + 1] = msg
@@ -80,7 +87,7 @@ local function apply()
             figures = lb_decode_order(cur[4])
           end
           local note = ARGV[b + 5]
-          local history = order_advance(cur[5], cur[6], to_state, now)
+          local history = order_advance(cur[5], cur[6], to_state, now_ms)
           if note ~= "" then
             redis.call("HSET", key, "s", to_state, "k", transition[2], "h", history, "p", note)
           else
@@ -96,7 +103,7 @@ local function apply()
           local outputs = transition[3]
           local prior = terminal[to_state] and (attempt ~= "1" or order_was_dead_lettered(cur[5]))
           for j = 1, #outputs do
-            local target = KEYS[2 + tonumber(string.sub(outputs, j, j))]
+            local target = outputs[j]
             if prior then
               redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
                 "d", cur[4], "c", cur[6] or "0", "r", "1")

@@ -11,6 +11,7 @@
 -- ARGV[10] the state the message carried (kept so a retry re-sends it unchanged)
 -- Returns {the dead letter's id, ms since the order was submitted when it became dead_lettered
 -- here (its end-to-end latency), else -1}.
+-- include: ms
 -- include: submitted
 -- include: order
 local group, msg, stage, deliveries, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]

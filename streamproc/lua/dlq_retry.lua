@@ -5,6 +5,7 @@
 -- ARGV[1] dead-letter id  ARGV[2] stage (as read by the caller)  ARGV[3] now (ms)
 -- Returns the new stage entry id; false when the dead letter is gone or names another stage;
 -- "conflict:<state>" (and changes nothing) when its order has moved on since, e.g. re-submitted.
+-- include: ms
 -- include: order
 local entries = redis.call("XRANGE", KEYS[1], ARGV[1], ARGV[1])
 if #entries == 0 then

@@ -26,6 +26,7 @@
 -- stopped returns {those chars for the orders before the stop, the reason}.
 -- The client sends the next batches before this one answers; the stop marker keeps a batch sent
 -- after a failed one from importing anything, so nothing after the failing order is imported.
+-- include: ms
 -- include: order
 local now, force, n, id_at = ARGV[1], ARGV[2] == "1", tonumber(ARGV[3]), tonumber(ARGV[4])
 -- The row counts are statistics: pcall, so a broken counter never fails an import.

@@ -19,6 +19,7 @@
 -- due (ms; retry, and create of a pending record), created (ms; create only)
 -- Returns one integer per item: 1 applied, 0 left alone.
 -- include: hash_batch
+-- include: ms
 -- include: notification
 -- include: tally
 local owner, ix_prefix, customer_prefix = ARGV[1], ARGV[2], ARGV[3]
@@ -70,7 +71,7 @@ end
 for i = 1, n do
   local b = 3 + 5 * (i - 1)
   local id, op, record, due, created = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
-  local holder = note_lease(held[id])
+  local holder = note_holder(held[id])
   if holder ~= owner then
     out[i] = 0
   elseif op == "create" then
@@ -90,7 +91,7 @@ for i = 1, n do
         clock = tonumber(redis.call("GET", KEYS[4]) or "0")
         clock_before = clock
       end
-      clock = math.max(tonumber(created) * 1000, clock + 1)
+      clock = math.max(ms_number(created) * 1000, clock + 1)
       local score = string.format("%.0f", clock)
       if status ~= "s" then
         redis.call("ZADD", note_index(ix_prefix, id, status), score, id)

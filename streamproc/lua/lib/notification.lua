@@ -129,6 +129,11 @@ local function note_ids(first, stride, n)
   return ids
 end
 
+-- The lease's holder alone (nil without a lease), without converting the figures after it.
+local function note_holder(value)
+  return value and string.match(value, "^(.-)|") or nil
+end
+
 -- The lease's holder, expiry (ms), and for a first attempt (no record yet) the log offset read
 -- before it (-1: none, or email) and its attempt count, from `owner|expiry[|offset|attempts]`;
 -- nil, 0, -1, 0 without a lease. A lease on an existing record carries only `owner|expiry`: the

@@ -1,6 +1,7 @@
--- order.lua (included, not a script): the fields ingest.lua leaves out of a new order's hash, and
--- the history's format. A new hash holds only s, d and c; until its first transition writes them,
--- its attempt is 1, its next stage reserve and its history pending since c.
+-- order.lua (included, not a script; after ms): the fields ingest.lua leaves out of a new
+-- order's hash, and the history's format. A new hash holds only s, d and c; until its first
+-- transition writes them, its attempt is 1, its next stage reserve and its history pending
+-- since c.
 -- The history is one step per state entered, oldest first: a one-letter code and the ms after c,
 -- with no separator (`p0r1113a1186c1250`; `r-5` when another machine's clock runs behind). Only
 -- codes are letters, so each letter starts a step. Without a numeric c a step holds absolute ms
@@ -61,9 +62,10 @@ local function order_recode(history, since)
   return table.concat(out)
 end
 
--- The history (nil: pending since c) with `state` entered at `now` (ms) appended.
+-- The history (nil: pending since c) with `state` entered at `now` (ms, a number or its text)
+-- appended.
 local function order_advance(history, created, state, now)
-  local since = tonumber(created)
+  local since = ms_number(created)
   if not history then
     history = "p0"
   elseif string.find(history, "@", 1, true) then

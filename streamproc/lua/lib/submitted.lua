@@ -1,11 +1,11 @@
--- submitted.lua (included, not a script): how long an order has been in the workflow, for the
--- end-to-end latency metric of the process that commits its terminal state.
+-- submitted.lua (included, not a script; after ms): how long an order has been in the
+-- workflow, for the end-to-end latency metric of the process that commits its terminal state.
 -- The clock starts at field c (ingest) for a first attempt, and at the last pending step of the
 -- history for an order re-submitted by `ingest --force` (a later attempt): `p<ms after c>` or
 -- `p=<ms>` (lib/order.lua), or, in a history written before the codes, `pending@+<ms after c>`
 -- or `pending@<ms>`. -1 when unknown.
 local function elapsed_ms(now, created, history, attempt)
-  local since = tonumber(created)
+  local since = ms_number(created)
   if attempt ~= "1" and history then
     -- Only as a code is `p` followed by a number; the later of the two forms, should both occur.
     local old, plus, old_ms = string.match(history, ".*()pending@(%+?)(%-?%d+)")
