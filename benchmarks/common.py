@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -158,3 +158,35 @@ def save(name: str, result: dict[str, Any], path: Path | None = None) -> Path:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return path
+
+
+class ProfilerUnavailable(Exception):
+    """A profiler is missing or may not attach to the processes it profiles."""
+
+
+def profile_cli(
+    name: str,
+    doc: str,
+    run: Callable[[int, int, int, Path | None], dict[str, Any]],
+    summary: Callable[[dict[str, Any]], str],
+    *,
+    rate: int,
+    rate_help: str,
+    raw_help: str,
+) -> None:
+    """The profilers' shared command line: a flood of --orders through --procs consumers, sampled
+    at --rate; exit 2 when the profiler is unavailable, else the JSON saved and a summary."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=50_000)
+    parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--rate", type=int, default=rate, help=rate_help)
+    parser.add_argument("--raw-dir", type=Path, default=None, help=raw_help)
+    parser.add_argument("--output", type=Path, default=None, help="write the JSON here instead")
+    args = parser.parse_args()
+    try:
+        result = run(args.orders, args.procs, args.rate, args.raw_dir)
+    except ProfilerUnavailable as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    save(name, {"benchmark": name, "machine": machine(), "result": result}, args.output)
+    print(summary(result))

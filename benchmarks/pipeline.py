@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -237,6 +237,43 @@ def _drive(
             proc.wait(30)
         client.close()
     return out
+
+
+class Profiler(Protocol):
+    """Something that samples a flood: attached once the consumers are up (their PIDs), detached
+    once drained, stopped whatever happens."""
+
+    def attach(self, consumers: list[int]) -> None: ...
+
+    def detach(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def profiled_flood(
+    work: Path, orders: int, procs: int, profiler_for: Callable[[str], Profiler]
+) -> _Measured:
+    """A flood of `orders` (a seeded CSV written to `work`) through `procs` consumers on a private
+    server, sampled by `profiler_for(<the server's URL>)` (profile_consumers, profile_server)."""
+    csv_path = work / "orders.csv"
+    with csv_path.open("w", newline="") as handle:
+        write_orders(handle, orders)
+    with private_server() as url:
+        profiler = profiler_for(url)
+        try:
+            env = pipeline_env(url, work / "home")
+            return _drive(
+                url,
+                env,
+                procs,
+                csv_path,
+                [],
+                0.0,
+                on_started=profiler.attach,
+                on_drained=profiler.detach,
+            )
+        finally:
+            profiler.stop()
 
 
 def _wait_trimmed(client: redis.Redis, timeout_s: float = 5.0) -> None:

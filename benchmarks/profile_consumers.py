@@ -33,7 +33,6 @@ py-spy's files (for flamegraph.pl).
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import signal
@@ -46,9 +45,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine, pipeline_env, private_server, save
-from benchmarks.generate import write_orders
-from benchmarks.pipeline import _drive
+from benchmarks.common import ProfilerUnavailable, profile_cli
+from benchmarks.pipeline import profiled_flood
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
@@ -105,10 +103,6 @@ AREAS: list[tuple[str, Callable[[str], bool]]] = [
     ("streamproc (rest)", lambda f: f.startswith("streamproc/")),
     ("other", lambda f: True),
 ]
-
-
-class ProfilerUnavailable(Exception):
-    """py-spy is missing or may not attach (no ptrace permission)."""
 
 
 def _py_spy() -> str:
@@ -292,25 +286,8 @@ def run(orders: int, procs: int, rate: int = 200, raw_dir: Path | None = None) -
     """One profiled flood of `orders` through `procs` consumers."""
     work = Path(tempfile.mkdtemp(prefix="sp-prof-"))
     try:
-        csv_path = work / "orders.csv"
-        with csv_path.open("w", newline="") as handle:
-            write_orders(handle, orders)
         spies = _Spies(work, rate)
-        with private_server() as url:
-            env = pipeline_env(url, work / "home")
-            try:
-                m = _drive(
-                    url,
-                    env,
-                    procs,
-                    csv_path,
-                    [],
-                    0.0,
-                    on_started=spies.attach,
-                    on_drained=spies.detach,
-                )
-            finally:
-                spies.stop()
+        m = profiled_flood(work, orders, procs, lambda _url: spies)
         per_process = spies.stacks()
         if raw_dir:
             raw_dir.mkdir(parents=True, exist_ok=True)
@@ -364,24 +341,15 @@ def summary(result: dict[str, Any]) -> str:
 
 def main() -> None:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=50_000)
-    parser.add_argument("--procs", type=int, default=2)
-    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
-    parser.add_argument("--raw-dir", type=Path, default=None, help="keep py-spy's files here")
-    parser.add_argument("--output", type=Path, default=None, help="write the JSON here instead")
-    args = parser.parse_args()
-    try:
-        result = run(args.orders, args.procs, args.rate, args.raw_dir)
-    except ProfilerUnavailable as exc:
-        print(f"profile_consumers: {exc}", file=sys.stderr)
-        sys.exit(2)
-    save(
+    profile_cli(
         "profile_consumers",
-        {"benchmark": "profile_consumers", "machine": machine(), "result": result},
-        args.output,
+        __doc__,
+        run,
+        summary,
+        rate=200,
+        rate_help="py-spy samples per second",
+        raw_help="keep py-spy's files here",
     )
-    print(summary(result))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,9 @@ benchmarks/results/profile_server.json; --raw-dir keeps perf.data (for perf repo
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -36,9 +34,8 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import machine, pipeline_env, private_server, save
-from benchmarks.generate import write_orders
-from benchmarks.pipeline import _drive
+from benchmarks.common import ProfilerUnavailable, profile_cli
+from benchmarks.pipeline import profiled_flood
 
 # (name, the server function a sample's stack passes through), broadest first.
 PARTS: tuple[tuple[str, str], ...] = (
@@ -68,10 +65,6 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("XTRIM", "xtrimCommand"),
 )
 UNKNOWN = "[unknown]"
-
-
-class ProfilerUnavailable(Exception):
-    """perf is missing or may not profile the server."""
 
 
 def parse_perf_script(lines: Iterable[str]) -> Counter[tuple[str, ...]]:
@@ -156,6 +149,10 @@ class _Recorder:
             self.proc.send_signal(signal.SIGINT)
             self.proc.wait(120)
 
+    def stop(self) -> None:
+        """Detached, should the flood have failed before its end."""
+        self.detach()
+
     def stacks(self) -> Counter[tuple[str, ...]]:
         if not self.data.exists():
             said = self.log.read_text(errors="replace").strip()
@@ -174,26 +171,15 @@ def run(orders: int, procs: int, rate: int = 499, raw_dir: Path | None = None) -
     _perf()
     work = Path(tempfile.mkdtemp(prefix="sp-perf-"))
     try:
-        csv_path = work / "orders.csv"
-        with csv_path.open("w", newline="") as handle:
-            write_orders(handle, orders)
-        with private_server() as url:
+        recorders: list[_Recorder] = []
+
+        def recorder_for(url: str) -> _Recorder:
             server_pid = int(redis.Redis.from_url(url).info("server")["process_id"])
-            recorder = _Recorder(work, server_pid, rate)
-            env = pipeline_env(url, work / "home")
-            try:
-                m = _drive(
-                    url,
-                    env,
-                    procs,
-                    csv_path,
-                    [],
-                    0.0,
-                    on_started=recorder.attach,
-                    on_drained=recorder.detach,
-                )
-            finally:
-                recorder.detach()
+            recorders.append(_Recorder(work, server_pid, rate))
+            return recorders[0]
+
+        m = profiled_flood(work, orders, procs, recorder_for)
+        (recorder,) = recorders
         analysed = analyse(recorder.stacks())
         if raw_dir:
             raw_dir.mkdir(parents=True, exist_ok=True)
@@ -239,24 +225,15 @@ def summary(result: dict[str, Any]) -> str:
 
 def main() -> None:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=50_000)
-    parser.add_argument("--procs", type=int, default=2)
-    parser.add_argument("--rate", type=int, default=499, help="perf samples per second")
-    parser.add_argument("--raw-dir", type=Path, default=None, help="keep perf.data here")
-    parser.add_argument("--output", type=Path, default=None, help="write the JSON here instead")
-    args = parser.parse_args()
-    try:
-        result = run(args.orders, args.procs, args.rate, args.raw_dir)
-    except ProfilerUnavailable as exc:
-        print(f"profile_server: {exc}", file=sys.stderr)
-        sys.exit(2)
-    save(
+    profile_cli(
         "profile_server",
-        {"benchmark": "profile_server", "machine": machine(), "result": result},
-        args.output,
+        __doc__,
+        run,
+        summary,
+        rate=499,
+        rate_help="perf samples per second",
+        raw_help="keep perf.data here",
     )
-    print(summary(result))
 
 
 if __name__ == "__main__":
