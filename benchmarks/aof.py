@@ -117,7 +117,7 @@ def run(orders: int, procs: int = 2, seed: int = 7) -> dict[str, Any]:
             rows = write_orders(handle, orders, seed)
         start: list[int] = []
 
-        def mark(_: list[int]) -> None:
+        def mark(_server: int, _consumers: list[int]) -> None:
             # The consumers are up and idle: the AOF ends at a command boundary.
             [path] = incr_files(client)
             start.append(path.stat().st_size)

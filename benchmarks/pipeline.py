@@ -182,13 +182,13 @@ def _drive(
     csv_path: Path,
     chunks: list[Path],
     interval_s: float,
-    on_started: Callable[[list[int]], object] | None = None,
+    on_started: Callable[[int, list[int]], object] | None = None,
     on_drained: Callable[[], object] | None = None,
 ) -> _Measured:
     """Start the consumers, feed the orders (one ingest, or chunks on a schedule), wait until
     drained; the clock and the CPU counters start once the consumers are up. `on_started` gets
-    the consumers' PIDs then, before the clock starts, and `on_drained` runs before they are
-    stopped (profile_consumers attaches py-spy, and detaches it)."""
+    the server's PID and the consumers' then, before the clock starts, and `on_drained` runs
+    before they are stopped (the profilers attach, and detach; benchmarks.aof marks the AOF)."""
     client = redis.Redis.from_url(url)
     server_pid = int(client.info("server")["process_id"])
     cli = [sys.executable, "-m", "streamproc"]
@@ -199,7 +199,7 @@ def _drive(
     try:
         time.sleep(1.5)  # let the consumers start before the clock does
         if on_started:
-            on_started([p.pid for p in consumers])
+            on_started(server_pid, [p.pid for p in consumers])
         client.config_resetstat()
         cpu_server = process_cpu_seconds(server_pid)
         cpu_rewrites = process_cpu_seconds(server_pid, children=True)
@@ -240,26 +240,23 @@ def _drive(
 
 
 class Profiler(Protocol):
-    """Something that samples a flood: attached once the consumers are up (their PIDs), detached
-    once drained, stopped whatever happens."""
+    """Something that samples a flood: attached once the consumers are up (the server's PID and
+    theirs), detached once drained, stopped whatever happens."""
 
-    def attach(self, consumers: list[int]) -> None: ...
+    def attach(self, server: int, consumers: list[int]) -> None: ...
 
     def detach(self) -> None: ...
 
     def stop(self) -> None: ...
 
 
-def profiled_flood(
-    work: Path, orders: int, procs: int, profiler_for: Callable[[str], Profiler]
-) -> _Measured:
+def profiled_flood(work: Path, orders: int, procs: int, profiler: Profiler) -> _Measured:
     """A flood of `orders` (a seeded CSV written to `work`) through `procs` consumers on a private
-    server, sampled by `profiler_for(<the server's URL>)` (profile_consumers, profile_server)."""
+    server, sampled by `profiler` (profile_consumers, profile_server)."""
     csv_path = work / "orders.csv"
     with csv_path.open("w", newline="") as handle:
         write_orders(handle, orders)
     with private_server() as url:
-        profiler = profiler_for(url)
         try:
             env = pipeline_env(url, work / "home")
             return _drive(

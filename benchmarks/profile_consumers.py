@@ -226,7 +226,7 @@ class _Spies:
         self.work, self.rate = work, rate
         self.procs: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
 
-    def attach(self, pids: list[int]) -> None:
+    def attach(self, _server: int, pids: list[int]) -> None:
         spy = _py_spy()
         for n, pid in enumerate(pids):
             out, log = self.work / f"consumer-{n}.txt", self.work / f"py-spy-{n}.log"
@@ -287,7 +287,7 @@ def run(orders: int, procs: int, rate: int = 200, raw_dir: Path | None = None) -
     work = Path(tempfile.mkdtemp(prefix="sp-prof-"))
     try:
         spies = _Spies(work, rate)
-        m = profiled_flood(work, orders, procs, lambda _url: spies)
+        m = profiled_flood(work, orders, procs, spies)
         per_process = spies.stacks()
         if raw_dir:
             raw_dir.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from benchmarks.common import ProfilerUnavailable, profile_cli
 from benchmarks.pipeline import profiled_flood
 
@@ -126,14 +124,14 @@ def _perf() -> str:
 class _Recorder:
     """`perf record` on the server's main thread, from the consumers' start until drained."""
 
-    def __init__(self, work: Path, server_pid: int, rate: int) -> None:
+    def __init__(self, perf: str, work: Path, rate: int) -> None:
+        self.perf, self.rate = perf, rate
         self.data, self.log = work / "perf.data", work / "perf.log"
-        self.server_pid, self.rate = server_pid, rate
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def attach(self, _consumers: list[int]) -> None:
-        cmd = [_perf(), "record", "-F", str(self.rate), "--call-graph", "dwarf,16384"]
-        cmd += ["-t", str(self.server_pid), "-o", str(self.data)]
+    def attach(self, server: int, _consumers: list[int]) -> None:
+        cmd = [self.perf, "record", "-F", str(self.rate), "--call-graph", "dwarf,16384"]
+        cmd += ["-t", str(server), "-o", str(self.data)]
         with self.log.open("wb") as handle:
             self.proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
         time.sleep(0.5)  # perf says nothing while it records; a refusal ends it at once
@@ -158,7 +156,7 @@ class _Recorder:
             said = self.log.read_text(errors="replace").strip()
             raise RuntimeError(f"perf wrote no profile: {said[:400]}")
         out = subprocess.run(
-            [_perf(), "script", "-i", str(self.data), "-F", "ip,sym"],
+            [self.perf, "script", "-i", str(self.data), "-F", "ip,sym"],
             capture_output=True,
             text=True,
             check=True,
@@ -168,18 +166,11 @@ class _Recorder:
 
 def run(orders: int, procs: int, rate: int = 499, raw_dir: Path | None = None) -> dict[str, Any]:
     """One profiled flood of `orders` through `procs` consumers."""
-    _perf()
+    perf = _perf()
     work = Path(tempfile.mkdtemp(prefix="sp-perf-"))
     try:
-        recorders: list[_Recorder] = []
-
-        def recorder_for(url: str) -> _Recorder:
-            server_pid = int(redis.Redis.from_url(url).info("server")["process_id"])
-            recorders.append(_Recorder(work, server_pid, rate))
-            return recorders[0]
-
-        m = profiled_flood(work, orders, procs, recorder_for)
-        (recorder,) = recorders
+        recorder = _Recorder(perf, work, rate)
+        m = profiled_flood(work, orders, procs, recorder)
         analysed = analyse(recorder.stacks())
         if raw_dir:
             raw_dir.mkdir(parents=True, exist_ok=True)

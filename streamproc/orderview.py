@@ -172,7 +172,7 @@ async def load_order(client: redis.asyncio.Redis, keys: Keys, order_id: str) -> 
         next_stage="reserve" if stage is None else text(stage),
         note=outcome,
         error=text(error),
-        created_ms=int(created or 0),
+        created_ms=created_ms,
         updated_ms=updated_ms,
         timeline=timeline,
         payment=payment,
