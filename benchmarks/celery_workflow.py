@@ -6,9 +6,10 @@
     python -m benchmarks.celery_workflow enqueue orders.csv
 
 compare_celery.py starts both itself, on its private server. Each order is one chain,
-reserve → payment → settle → notify, where settle is finalize (payment approved) or rollback
-(declined), and a task of the chain passes an order through untouched once it is terminal (an
-out-of-stock order goes on to notify only). It does what streamproc's stages do, one order per
+reserve → payment → notify, where payment settles the order once charged, as streamproc's payment
+stage does: finalize (approved) or rollback (declined), a second script in the same task. A task of
+the chain passes an order through untouched once it is terminal (an out-of-stock order goes on to
+notify only). It does what streamproc's stages do, one order per
 task, the way a competent Celery application would:
 
 - every task is acks_late with reject_on_worker_lost, and retried with back-off on Redis/OS errors;
@@ -269,7 +270,9 @@ def reserve(order: dict[str, Any]) -> dict[str, Any]:
 
 @app.task(name="cw.payment", **TASK_OPTIONS)
 def payment(order: dict[str, Any]) -> dict[str, Any]:
-    """reserved → paid, or declined; one charge at most per idempotency key."""
+    """reserved → completed (charged, stock committed) or rolled_back (declined, stock
+    released); one charge at most per idempotency key. A retry after a crash between the two
+    scripts finds the charge recorded and settles the order then."""
     if order["state"] != "reserved":
         return order
     key = f"pay:{order['id']}"
@@ -277,14 +280,11 @@ def payment(order: dict[str, Any]) -> dict[str, Any]:
     keys = [LEDGER, CHARGES, order_key(order["id"]), COUNTS]
     args = [key, order["id"], order["total_cents"], order["currency"], outcome, now_ms()]
     recorded = data().scripts["payment"](keys=keys, args=args)
-    return {**order, "state": "paid" if recorded == "ok" else "reserved", "payment": recorded}
+    return settle({**order, "state": "paid" if recorded == "ok" else "reserved"})
 
 
-@app.task(name="cw.settle", **TASK_OPTIONS)
 def settle(order: dict[str, Any]) -> dict[str, Any]:
     """finalize (paid → completed) or rollback (declined → rolled_back)."""
-    if order["state"] in TERMINAL:
-        return order
     mode = "commit" if order["state"] == "paid" else "release"
     keys = [*list(STOCK.values())[:3], RESERVATIONS, order_key(order["id"]), COUNTS]
     args = [order["id"], mode, now_ms(), *pairs(order)]
@@ -367,7 +367,7 @@ def _mark_ready(**_: Any) -> None:
 
 def workflow(order: dict[str, Any]) -> Signature:
     """The chain of one order."""
-    return chain(reserve.s(order), payment.s(), settle.s(), notify.s())
+    return chain(reserve.s(order), payment.s(), notify.s())
 
 
 def message(parsed: ParsedOrder) -> dict[str, Any]:

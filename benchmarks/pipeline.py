@@ -287,10 +287,10 @@ def _wait_trimmed(client: redis.Redis, timeout_s: float = 5.0) -> None:
 def _latency_figures(stamps: list[list[int]]) -> dict[str, Any]:
     """Percentiles of ingest→terminal, and of the time each step took."""
     latencies = [float(steps[-1] - steps[0]) for steps in stamps]
-    # Time spent reaching each step: 1 = reserve (pending → reserved/failed), 2 = payment,
-    # 3 = finalize or rollback.
+    # Time spent reaching each step: 1 = reserve (pending → reserved/failed), 2 = payment
+    # (reserved → completed/rolled_back, the settlement included).
     step_ms: dict[str, dict[str, float]] = {}
-    for k, name in ((1, "reserve"), (2, "payment"), (3, "finalize_or_rollback")):
+    for k, name in ((1, "reserve"), (2, "payment")):
         gaps = [float(s[k] - s[k - 1]) for s in stamps if len(s) > k]
         if gaps:
             step_ms[name] = {

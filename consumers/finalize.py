@@ -1,9 +1,10 @@
-"""finalize: commit the reserved stock and mark the order completed."""
+"""finalize: commit the reserved stock and mark the order completed (orders an earlier version
+left paid; the payment stage settles the orders it charges itself)."""
 
 from __future__ import annotations
 
+from consumers.settlement import settle
 from streamproc.context import StageContext
-from streamproc.stock import StockRequest
 from streamproc.transport import Decision, Message
 
 
@@ -19,18 +20,8 @@ class FinalizeHandler:
 
     async def handle(self, batch: list[Message]) -> list[Decision]:
         """Settle every reservation of the batch in one script call."""
-        requests = [
-            StockRequest(m.reservation_key, m.order.quantities(), m.bucket)
-            for m in batch
-            if m.order
-        ]
-        states = await self.stock.settle(requests, commit=self.commit_stock)
-        expected = "c" if self.commit_stock else "x"
+        problems = await settle(self.stock, batch, self.commit_stock)
         return [
-            Decision(message, self.outcome)
-            if state == expected
-            else Decision.failure(
-                message, f"reservation is {state or 'missing'!r}, cannot {self.stage}", True
-            )
-            for message, state in zip(batch, states, strict=True)
+            Decision.failure(message, problem, True) if problem else Decision(message, self.outcome)
+            for message, problem in zip(batch, problems, strict=True)
         ]

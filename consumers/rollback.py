@@ -1,4 +1,5 @@
-"""rollback: release the reserved stock of an order whose payment was declined."""
+"""rollback: release the reserved stock of an order whose payment was declined (orders an
+earlier version left waiting here; the payment stage releases the stock of those it declines)."""
 
 from __future__ import annotations
 

@@ -25,6 +25,11 @@ HANDLERS: dict[str, str] = {
 # Messages in flight per process by default: the payment stage waits on a (simulated) remote
 # gateway, so it keeps many calls open; the others are CPU/Redis bound and need a couple of batches.
 DEFAULT_CONCURRENCY: dict[str, int] = {"payment": 2000}
+# Batches in flight per process by default, where not set above. Notify takes five round trips
+# per batch (read, preferences, claim, settle, ack) where the others take three or four: with two
+# batches it fell behind them under a flood, and finished seconds after the last order with the
+# server part idle meanwhile (half of a 200,000-order flood's notifications were left).
+BATCHES_IN_FLIGHT: dict[str, int] = {"notify": 4}
 
 
 def resolve_stages(name: str) -> tuple[str, ...]:
@@ -45,4 +50,4 @@ def load_handler(stage: str, ctx: StageContext) -> Handler:
 
 def default_concurrency(stage: str, batch_size: int) -> int:
     """Messages in flight for `stage` when --concurrency is not given."""
-    return DEFAULT_CONCURRENCY.get(stage, 2 * batch_size)
+    return DEFAULT_CONCURRENCY.get(stage, BATCHES_IN_FLIGHT.get(stage, 2) * batch_size)

@@ -390,8 +390,7 @@ def test_endpoints_on_a_processed_sample(
         [
             ("pending", "ingest"),
             ("reserved", "reserve"),
-            ("paid", "payment"),
-            ("completed", "finalize"),
+            ("completed", "payment"),  # charged, and settled in the same step
         ],
     )
     # Round money: 1001 is 2 x 25.50 = 51.00, still two decimals on the wire.
@@ -496,8 +495,7 @@ def test_dead_letters_paged_filtered_retried_and_conflicting(
         [
             ("pending", "ingest"),
             ("reserved", "reserve"),
-            ("reserved", "payment"),  # declined: still reserved, now waiting for rollback
-            ("rolled_back", "rollback"),
+            ("rolled_back", "payment"),  # declined, and the stock released in the same step
         ],
     )
     stats = ok(client.get("/api/stats"))

@@ -207,16 +207,17 @@ def test_aof_tally_reads_resp_and_groups_by_command_and_key_family() -> None:
 
 
 def test_aof_benchmark_quick_run_counts_every_stage_write(tmp_path: Path) -> None:
-    """`benchmarks/aof.py --quick`: each order's hash is written four times (ingest and three
-    stages) and each stage's delivery of it once (an XCLAIM per XREADGROUP entry)."""
+    """`benchmarks/aof.py --quick`: each order's hash is written three times (ingest, reserve
+    and payment, which settles it) and each of the four stages' delivery of it once (an XCLAIM
+    per XREADGROUP entry: reserve, payment, notify, snapshot)."""
     out = tmp_path / "aof.json"
     done = _benchmark("aof", "--quick", "--output", str(out), timeout_s=120)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(out.read_text())["result"]
     assert result["orders"] == 300
     order_writes = result["by_family"]["HSET {sp}:order:ORD-#-#"]["commands_per_order"]
-    assert order_writes == 4.0
-    assert result["by_command"]["XCLAIM"]["commands_per_order"] == 5.0
+    assert order_writes == 3.0
+    assert result["by_command"]["XCLAIM"]["commands_per_order"] == 4.0
     by_name = sum(row["bytes_per_order"] for row in result["by_command"].values())
     assert abs(by_name - result["bytes_per_order"]) < 1
 
@@ -395,14 +396,14 @@ def test_scripts_benchmark_profiles_every_stage_and_script(tmp_path: Path) -> No
     assert "commands per item" in done.stdout
     result = json.loads(out.read_text())["result"]
     stages = result["stages"]
-    assert " ".join(stages) == "ingest reserve payment finalize rollback notify snapshot"
+    assert " ".join(stages) == "ingest reserve payment notify snapshot"
     for name, stage in stages.items():
         assert stage["messages"] > 0, name
         assert stage["server_cpu_us_per_order"] > 0, name
         assert stage["scripts_us_per_order"] > 0, name
         assert stage["plain_commands_us_per_order"] > 0, name
     assert stages["ingest"]["messages"] == stages["reserve"]["messages"] == 300
-    assert stages["finalize"]["messages"] + stages["rollback"]["messages"] == 300
+    assert stages["payment"]["messages"] == 300
     scripts = result["scripts"]
     for name in (
         "ingest",
@@ -410,10 +411,7 @@ def test_scripts_benchmark_profiles_every_stage_and_script(tmp_path: Path) -> No
         "commit:reserve",
         "gateway_charge",
         "commit:payment",
-        "stock_settle:finalize",
-        "commit:finalize",
-        "stock_settle:rollback",
-        "commit:rollback",
+        "stock_settle",
         "notify_claim",
         "notify_settle",
         "snapshot_register",
@@ -421,12 +419,13 @@ def test_scripts_benchmark_profiles_every_stage_and_script(tmp_path: Path) -> No
         assert scripts[name]["calls"] > 0, name
         assert scripts[name]["us_per_call"] > 0, name
         assert scripts[name]["us_per_order"] > 0, name
-    # Every order is committed once by finalize or rollback: the items per call add up.
-    commits = [scripts[f"commit:{s}"] for s in ("finalize", "rollback")]
-    assert sum(c["calls"] * c["items_per_call"] for c in commits) == pytest.approx(300, abs=1)
+    # Every order is completed or rolled back once by the payment stage's commit: the items per
+    # call add up.
+    commit = scripts["commit:payment"]
+    assert commit["calls"] * commit["items_per_call"] == pytest.approx(300, abs=1)
     # Scripts whose item count the slow log cannot show (their bucket keys come first) take
     # their stage's messages.
-    for name in ("stock_reserve", "gateway_charge"):
+    for name in ("stock_reserve", "gateway_charge", "stock_settle"):
         calls, per_call = scripts[name]["calls"], scripts[name]["items_per_call"]
         assert calls * per_call == pytest.approx(300, abs=1), name
     # Each reserved order costs commit.lua one HMGET, one HSET and one XADD (to payment).

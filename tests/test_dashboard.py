@@ -243,8 +243,9 @@ def test_dashboard_follows_the_pipeline_and_retries_a_dead_letter(
     expect(state_count(page, "pending")).to_have_text("0")
     expect(page.locator("#k-completed")).to_have_text(f"{completed:,}")
     expect(page.locator("#k-inflight")).to_have_text("0")
-    for stage in ("payment", "finalize", "notify"):
+    for stage in ("payment", "notify"):
         assert cell(page, stage, "length").inner_text() != "0", stage  # entries flowed through
+    assert cell(page, "finalize", "length").inner_text() == "0"  # payment settles itself
     page.wait_for_function(
         "Number(document.getElementById('throughput').dataset.peak) > 0", timeout=WAIT_MS
     )

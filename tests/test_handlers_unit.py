@@ -26,7 +26,7 @@ from streamproc.models import STATES, TERMINAL_STATES, Line, Order
 from streamproc.settings import Settings
 from streamproc.stock import StockRequest, set_stock
 from streamproc.transport import Decision, Message
-from streamproc.workflow import TERMINAL_OUTPUTS, TRANSITIONS, outputs_of
+from streamproc.workflow import DRAIN_ONLY, TERMINAL_OUTPUTS, TRANSITIONS, outputs_of
 
 KEYS = Keys()
 
@@ -133,18 +133,54 @@ def test_settling_stages_fail_permanently_without_their_reservation(
     assert [req.reservation_key for req in requests] == ["s1#1", "s2#1", "s3#1"]
 
 
+class SettlingStock:
+    """Settles every reservation as asked ("c" committed, "x" released) except the keys in
+    `refuse`, which answer `refusal`; records each settle call."""
+
+    def __init__(self, refuse: frozenset[str] = frozenset(), refusal: str = "") -> None:
+        self.refuse = refuse
+        self.refusal = refusal
+        self.calls: list[tuple[list[str], bool]] = []
+
+    async def settle(self, requests: Sequence[StockRequest], commit: bool) -> list[str]:
+        self.calls.append(([q.reservation_key for q in requests], commit))
+        settled = "c" if commit else "x"
+        return [self.refusal if q.reservation_key in self.refuse else settled for q in requests]
+
+
 def test_payment_maps_gateway_answers_and_keys_by_attempt() -> None:
-    gateway = StubGateway(approve={"p1"})
+    gateway = StubGateway(approve={"p1", "p3"})
+    stock = SettlingStock()
     batch = [
         message("p1", ("SKU-A", 2), ("SKU-B", 1)),
         message("p2", ("SKU-A", 1), attempt=3),
+        message("p3", ("SKU-A", 1)),
     ]
-    decisions = asyncio.run(PaymentHandler(stub_ctx(gateway=gateway)).handle(batch))
-    assert outcomes(decisions) == [("paid", "ok", "", False), ("declined", "declined", "", False)]
+    decisions = asyncio.run(PaymentHandler(stub_ctx(gateway=gateway, stock=stock)).handle(batch))
+    assert [d.message for d in decisions] == batch
+    assert outcomes(decisions) == [
+        ("completed", "ok", "", False),
+        ("rolled_back", "declined", "", False),
+        ("completed", "ok", "", False),
+    ]
     assert gateway.charges == [
         Charge("pay:p1", "p1", 750, "EUR"),
         Charge("pay:p2:3", "p2", 250, "EUR"),
+        Charge("pay:p3", "p3", 250, "EUR"),
     ]
+    # The approved orders' stock is committed in one call, the declined ones' released in one.
+    assert stock.calls == [(["p1#1", "p3#1"], True), (["p2#3"], False)]
+
+
+def test_payment_fails_permanently_when_a_reservation_cannot_be_settled() -> None:
+    gateway = StubGateway(approve={"q1", "q2"})
+    stock = SettlingStock(refuse=frozenset({"q2#1"}), refusal="x")
+    batch = [message("q1", ("SKU-A", 1)), message("q2", ("SKU-A", 1))]
+    decisions = asyncio.run(PaymentHandler(stub_ctx(gateway=gateway, stock=stock)).handle(batch))
+    assert outcomes(decisions)[0] == ("completed", "ok", "", False)
+    assert (decisions[1].outcome, decisions[1].permanent) == ("", True)
+    assert "reservation is 'x', cannot commit it" in decisions[1].error
+    assert stock.calls == [(["q1#1", "q2#1"], True)]  # nothing declined: no release call
 
 
 # -- the workflow table -------------------------------------------------------------------------
@@ -174,7 +210,10 @@ def test_every_stage_is_reachable_and_has_an_outcome() -> None:
     # The snapshot stage is a sink with its own loop (analytics/snapshotter.py), no transitions.
     assert sources == set(STAGES) - {"snapshot"}
     reached = {"reserve"} | {s for t in TRANSITIONS.values() for s in t.outputs}
-    assert reached == set(STAGES)
+    # finalize and rollback only drain what earlier versions (and `dlq retry`) put there.
+    assert reached == set(STAGES) - set(DRAIN_ONLY)
+    for stage in DRAIN_ONLY:
+        assert all(t.to_state in TERMINAL_STATES for (s, _), t in TRANSITIONS.items() if s == stage)
     # commit.lua names an output stream by one digit: at most nine per stage.
     for stage in STAGES:
         outputs = outputs_of(stage)
@@ -182,13 +221,16 @@ def test_every_stage_is_reachable_and_has_an_outcome() -> None:
         assert len(set(outputs)) == len(outputs), stage
     assert outputs_of("reserve") == ("payment", "notify", "snapshot")
     assert outputs_of("finalize") == ("notify", "snapshot")
-    assert outputs_of("payment") == ("finalize", "rollback")
+    assert outputs_of("payment") == ("notify", "snapshot")
     assert outputs_of("notify") == ()
 
 
 def test_every_non_terminal_state_has_a_way_out() -> None:
     entered = {t.to_state for t in TRANSITIONS.values() if t.to_state}
-    assert {"reserved", "paid", "completed", "failed", "rolled_back"} <= entered
+    # No stage leaves an order paid any more (the payment stage settles it); those an earlier
+    # version left paid wait for finalize, whose way out is terminal.
+    assert {"reserved", "completed", "failed", "rolled_back"} <= entered
+    assert "paid" not in entered
     for state in entered - TERMINAL_STATES:
         # Some transition puts an order in this state and hands it to a further stage.
         assert any(t.to_state == state and t.next_stage for t in TRANSITIONS.values()), state

@@ -43,7 +43,8 @@ def test_quantile_interpolates_inside_the_bucket_like_promql() -> None:
 
 def test_stage_outcomes_come_from_the_workflow_table() -> None:
     assert stage_outcomes("reserve") == ("reserved", "failed", "stale")
-    assert stage_outcomes("payment") == ("paid", "declined", "stale")
+    assert stage_outcomes("payment") == ("completed", "rolled_back", "stale")
+    assert stage_outcomes("finalize") == ("completed", "stale")
     assert stage_outcomes("snapshot") == ("snapshotted", "stale")
 
 

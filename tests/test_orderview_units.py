@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from api.handlers.orders import timeline_stages
 from streamproc.lua import script_source
 from streamproc.models import STATES
 from streamproc.orderview import CODE_STATES, TimelineStep, order_timeline, parse_timeline
@@ -121,3 +122,41 @@ def test_update_time_is_the_last_step_else_u_else_creation() -> None:
     # No usable step at all: u, then c.
     assert order_timeline("", str(CREATED), "77")[1] == 77
     assert order_timeline("", str(CREATED), None)[1] == CREATED
+
+
+@pytest.mark.parametrize(
+    ("states", "stages"),
+    [
+        # Now: the payment stage settles what it charges.
+        (["pending", "reserved", "completed"], ["ingest", "reserve", "payment"]),
+        (["pending", "reserved", "rolled_back"], ["ingest", "reserve", "payment"]),
+        (["pending", "reserved", "dead_lettered"], ["ingest", "reserve", "payment"]),
+        (["pending", "failed"], ["ingest", "reserve"]),
+        # Orders an earlier version's finalize and rollback stages finished.
+        (
+            ["pending", "reserved", "paid", "completed"],
+            ["ingest", "reserve", "payment", "finalize"],
+        ),
+        (
+            ["pending", "reserved", "reserved", "rolled_back"],
+            ["ingest", "reserve", "payment", "rollback"],
+        ),
+        (
+            ["pending", "reserved", "reserved", "dead_lettered"],
+            ["ingest", "reserve", "payment", "rollback"],
+        ),
+        (
+            ["pending", "reserved", "paid", "dead_lettered"],
+            ["ingest", "reserve", "payment", "finalize"],
+        ),
+        # A dead letter retried: the order is back where it was, then moves on.
+        (
+            ["pending", "reserved", "dead_lettered", "reserved", "completed"],
+            ["ingest", "reserve", "payment", "reserve", "payment"],
+        ),
+    ],
+)
+def test_the_timeline_names_the_stage_behind_each_step(
+    states: list[str], stages: list[str]
+) -> None:
+    assert timeline_stages(states) == stages

@@ -146,6 +146,13 @@ def test_idempotency_key_names_the_order_and_the_resubmission() -> None:
 # -- the payment stage, in-process ----------------------------------------------------------
 
 
+def stock_of(r: redis.Redis, sku: str) -> tuple[int, ...]:
+    """(available, reserved, committed) of a SKU."""
+    return tuple(
+        int(r.hget(KEYS.stock(c), sku) or -1) for c in ("available", "reserved", "committed")
+    )
+
+
 def write_orders(path: Path, count: int, sku: str) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -259,15 +266,21 @@ def test_payment_stage_keeps_hundreds_of_slow_calls_in_flight(
     assert gateway.peak_in_flight >= 200, gateway.peak_in_flight
     assert gateway.peak_in_flight <= 400  # the run loop's bound holds
     assert gateway.in_flight == 0
-    assert loop.outcomes["paid"] == total
+    assert loop.outcomes["completed"] == total
     counts = r.hgetall(KEYS.state_counts)
-    assert (int(counts["paid"]), int(counts["reserved"]), int(counts["pending"])) == (total, 0, 0)
+    assert (int(counts["completed"]), int(counts["reserved"]), int(counts["pending"])) == (
+        total,
+        0,
+        0,
+    )
+    assert stock_of(r, "SKU-P") == (0, 0, total)  # settled by the payment stage itself
     # The stage records each result in its order's ledger bucket (none in the old single hash).
     buckets = list(r.scan_iter(match=KEYS.gateway_bucket("*")))
     assert successful_charges(v for b in buckets for v in r.hvals(b)) == total
     assert not r.exists(KEYS.gateway_ledger)
     assert r.xinfo_groups(KEYS.stream("payment"))[0]["pending"] == 0
-    assert r.xlen(KEYS.stream("finalize")) == total
+    assert r.xlen(KEYS.stream("notify")) == total
+    assert r.xlen(KEYS.stream("finalize")) == 0
 
 
 def test_replayed_payment_message_neither_charges_nor_transitions_again(
@@ -292,7 +305,7 @@ def test_replayed_payment_message_neither_charges_nor_transitions_again(
             await run_stage_until(
                 ctx,
                 "payment",
-                state_is(ctx, "paid", 3),
+                state_is(ctx, "completed", 3),
                 concurrency=10,
                 batch_size=10,
             )
@@ -312,15 +325,17 @@ def test_replayed_payment_message_neither_charges_nor_transitions_again(
             await client.aclose()
 
     replayed = asyncio.run(main())
-    # The replay went through the gateway (same key, same first result) and was fenced at commit.
+    # The replay went through the gateway (same key, same first result) and the settlement (the
+    # reservation already committed: nothing moves) and was fenced at commit.
     assert dict(replayed.outcomes) == {"stale": 1}
     assert charges_of(r, "P00000") == 1
     assert r.hget(KEYS.gateway_stats, "recorded") == "3"
+    assert stock_of(r, "SKU-R") == (7, 0, 3)
     order = r.hgetall(KEYS.order("P00000"))
-    assert order["s"] == "paid"
-    assert re.fullmatch(r"p0r[0-9]+a[0-9]+", order["h"]), order  # paid once
-    assert int(r.hget(KEYS.state_counts, "paid")) == 3
-    assert r.xlen(KEYS.stream("finalize")) == 3  # no second finalize message
+    assert order["s"] == "completed"
+    assert re.fullmatch(r"p0r[0-9]+c[0-9]+", order["h"]), order  # completed once
+    assert int(r.hget(KEYS.state_counts, "completed")) == 3
+    assert r.xlen(KEYS.stream("notify")) == 3  # no second notify message
     assert r.xinfo_groups(payment_stream)[0]["pending"] == 0  # the replay was acked
 
 
@@ -351,17 +366,18 @@ def test_commit_of_a_replayed_decision_returns_stale(redis_url: str, r: redis.Re
             stream = StageStream(client, ctx.scripts, KEYS, "payment", "c1")
             batch = await stream.read(10, None)
             assert [m.msg_id for m in batch] == ids
-            return [(await stream.commit([Decision(m, "paid", "ok")])).results for m in batch]
+            return [(await stream.commit([Decision(m, "completed", "ok")])).results for m in batch]
         finally:
             await client.aclose()
 
     assert asyncio.run(main()) == [[1], [0]]
     order = r.hgetall(KEYS.order("C1"))
-    assert (order["s"], order["k"], order["p"]) == ("paid", "finalize", "ok")
-    # Paid once; the old history recoded, in absolute ms as the hash has no c (lib/order.lua).
-    assert re.fullmatch(r"p=1r=2a=[0-9]+", order["h"]), order
-    assert r.hgetall(KEYS.state_counts) == {"reserved": "0", "paid": "1"}
-    assert r.xlen(KEYS.stream("finalize")) == 1
+    assert (order["s"], order["k"], order["p"]) == ("completed", "", "ok")
+    # Completed once; the old history recoded, in absolute ms as the hash has no c (lib/order.lua).
+    assert re.fullmatch(r"p=1r=2c=[0-9]+", order["h"]), order
+    assert r.hgetall(KEYS.state_counts) == {"reserved": "0", "completed": "1"}
+    assert r.xlen(KEYS.stream("notify")) == 1
+    assert r.xlen(KEYS.stream("snapshot")) == 1
     assert r.xinfo_groups(KEYS.stream("payment"))[0]["pending"] == 0
 
 
@@ -384,7 +400,7 @@ def test_slow_payments_are_not_reclaimed_by_their_own_consumer(
             await run_stage_until(
                 ctx, "reserve", state_is(ctx, "reserved", total), concurrency=100, batch_size=20
             )
-            paid_and_settled = state_is(ctx, "paid", total)
+            paid_and_settled = state_is(ctx, "completed", total)
 
             async def paid_then_a_reclaim_round() -> bool:
                 if not await paid_and_settled():
@@ -404,9 +420,9 @@ def test_slow_payments_are_not_reclaimed_by_their_own_consumer(
             await client.aclose()
 
     loop = asyncio.run(main())
-    assert dict(loop.outcomes) == {"paid": total}
+    assert dict(loop.outcomes) == {"completed": total}
     assert r.hget(KEYS.gateway_stats, "calls") == str(total)
-    assert r.xlen(KEYS.stream("finalize")) == total
+    assert r.xlen(KEYS.stream("notify")) == total
 
 
 def test_commit_that_fails_half_way_keeps_what_it_applied_counted_and_acked(
@@ -437,7 +453,7 @@ def test_commit_that_fails_half_way_keeps_what_it_applied_counted_and_acked(
             stream = StageStream(client, ctx.scripts, KEYS, "payment", "c1")
             batch = await stream.read(10, None)
             try:
-                await stream.commit([Decision(m, "paid", "ok") for m in batch])
+                await stream.commit([Decision(m, "completed", "ok") for m in batch])
             except redis.ResponseError as exc:
                 return str(exc)
             return "no error"
@@ -445,10 +461,10 @@ def test_commit_that_fails_half_way_keeps_what_it_applied_counted_and_acked(
             await client.aclose()
 
     assert "WRONGTYPE" in asyncio.run(main())
-    assert r.hget(KEYS.order("W0"), "s") == "paid"
+    assert r.hget(KEYS.order("W0"), "s") == "completed"
     assert r.hget(KEYS.order("W2"), "s") == "reserved"
-    assert r.hgetall(KEYS.state_counts) == {"reserved": "2", "paid": "1"}
-    assert r.xlen(KEYS.stream("finalize")) == 1
+    assert r.hgetall(KEYS.state_counts) == {"reserved": "2", "completed": "1"}
+    assert r.xlen(KEYS.stream("notify")) == 1
     assert r.xinfo_groups(KEYS.stream("payment"))[0]["pending"] == 2  # W1 and W2 stay pending
 
 

@@ -86,13 +86,13 @@ def test_sample_csv_end_to_end(pipeline: Pipeline, r: redis.Redis) -> None:
     assert not r.exists(KEYS.reservations)
     for bucket in ledger_buckets | reservation_buckets:
         assert r.object("encoding", bucket) == "listpack", bucket
-    path = ["pending", "reserved", "paid", "completed"]
+    path = ["pending", "reserved", "completed"]
     for order_id, order in orders.items():
         # Stored compactly (lib/order.lua): a state code and the ms after c per step, no u;
         # exported with states and ISO times.
         stored = r.hgetall(KEYS.order(order_id))
         assert "u" not in stored, stored
-        steps = re.fullmatch(r"p(0)r(-?[0-9]+)a(-?[0-9]+)c(-?[0-9]+)", stored["h"])
+        steps = re.fullmatch(r"p(0)r(-?[0-9]+)c(-?[0-9]+)", stored["h"])
         assert steps, stored
         offsets = [int(at) for at in steps.groups()]
         assert offsets == sorted(offsets), stored

@@ -13,30 +13,35 @@ from api.types import OrderId, Timestamp, timestamp
 from streamproc.gateway import idempotency_key
 from streamproc.orderview import StoredOrder, load_order
 
-# Which stage moved an order into each state (dead_lettered: whichever stage gave up).
+# Which stage moved an order into each state (dead_lettered: whichever stage gave up; completed
+# and rolled_back: the payment stage, or finalize and rollback for orders an earlier version left
+# paid or declined).
 STAGE_OF_STATE = {
     "pending": "ingest",
     "reserved": "reserve",
     "failed": "reserve",
     "paid": "payment",
-    "completed": "finalize",
-    "rolled_back": "rollback",
 }
-# The stage an order waits for in each state; a declined payment records `reserved` a second time.
+# The stage an order waits for in each state; a declined payment of an earlier version recorded
+# `reserved` a second time and left the order to the rollback stage.
 AWAITED_STAGE = {"pending": "reserve", "reserved": "payment", "paid": "finalize"}
 
 
 def timeline_stages(states: list[str]) -> list[str | None]:
-    """The stage behind each step: a repeated `reserved` is payment's decline, and
-    `dead_lettered` is the stage that gave up (the one the order was waiting for)."""
+    """The stage behind each step: a repeated `reserved` is payment's decline (earlier versions),
+    `dead_lettered` is the stage that gave up (the one the order was waiting for), and a
+    completion or rollback is the payment stage's unless an earlier version's finalize or
+    rollback stage made it."""
     stages: list[str | None] = []
     prev = ""
     for state in states:
+        declined = prev == "reserved" and stages[-1:] == ["payment"]
         if state == "reserved" and prev == "reserved":
             stages.append("payment")  # declined: the order waits for rollback now
-        elif state == "dead_lettered":
-            declined = prev == "reserved" and stages[-1:] == ["payment"]
+        elif state in ("dead_lettered", "rolled_back"):
             stages.append("rollback" if declined else AWAITED_STAGE.get(prev))
+        elif state == "completed":
+            stages.append(AWAITED_STAGE.get(prev))
         else:
             stages.append(STAGE_OF_STATE.get(state))
         prev = state

@@ -1,0 +1,104 @@
+"""What an earlier version's payment stage left behind, for the tests of the stages that drain it.
+
+Before the payment stage settled orders itself, it left an approved order `paid`, handed to
+finalize, and a declined one `reserved` (noted in its history a second time), handed to rollback.
+`leave_paid_or_declined` takes freshly ingested orders there the same way: the real reserve stage,
+then a payment stage with that version's handler and transitions, through the real commit script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streamproc import transport, workflow
+from streamproc.connection import async_client
+from streamproc.context import StageContext
+from streamproc.gateway import Charge, idempotency_key
+from streamproc.models import PAID, RESERVED
+from streamproc.runloop import Handler, RunLoop
+from streamproc.settings import Settings
+from streamproc.stages import load_handler
+from streamproc.transport import Decision, Message, StageStream
+from streamproc.workflow import Transition
+
+EARLIER_PAYMENT: dict[tuple[str, str], Transition] = {
+    ("payment", "paid"): Transition(PAID, "finalize", ("finalize",)),
+    ("payment", "declined"): Transition(RESERVED, "rollback", ("rollback",)),
+}
+# The paths of first attempts through that version's workflow.
+EARLIER_STATE_PATHS: dict[str, list[str]] = {
+    "completed": ["pending", "reserved", "paid", "completed"],
+    "rolled_back": ["pending", "reserved", "reserved", "rolled_back"],
+    "failed": ["pending", "failed"],
+}
+
+
+class EarlierPaymentHandler:
+    """That version's payment stage: the gateway only, the settling left to the next stage."""
+
+    stage = "payment"
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.gateway = ctx.gateway
+
+    async def handle(self, batch: list[Message]) -> list[Decision]:
+        """Charge each order; paid or declined, as that version noted it (bare outcome)."""
+        charges = [
+            Charge(
+                idempotency_key(m.order_id, m.attempt),
+                m.order_id,
+                m.order.total_cents,
+                m.order.currency,
+                m.bucket,
+            )
+            for m in batch
+            if m.order
+        ]
+        results = await self.gateway.charge(charges)
+        return [
+            Decision(m, "paid", "ok") if r.approved else Decision(m, "declined", "declined")
+            for m, r in zip(batch, results, strict=True)
+        ]
+
+
+async def _drain(ctx: StageContext, stage: str, handler: Handler) -> None:
+    stream = StageStream(ctx.client, ctx.scripts, ctx.keys, stage, f"earlier-{stage}")
+    loop = RunLoop(
+        stream, handler, concurrency=400, batch_size=100, block_ms=50, claim_idle_ms=60_000
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                (group,) = await ctx.client.xinfo_groups(ctx.keys.stream(stage))
+                if int(group["lag"] or 0) == 0 and int(group["pending"]) == 0:
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await task
+    assert loop.fatal is None
+
+
+def leave_paid_or_declined(settings: Settings) -> None:
+    """Take every ingested order through reserve and that version's payment stage: what is not
+    out of stock waits in the finalize or the rollback stream afterwards."""
+    table = {key: t for key, t in workflow.TRANSITIONS.items() if key[0] != "payment"}
+    table.update(EARLIER_PAYMENT)
+
+    async def main() -> None:
+        client = async_client(settings.redis_url or "")
+        try:
+            ctx = StageContext.build(settings, client)
+            await _drain(ctx, "reserve", load_handler("reserve", ctx))
+            await _drain(ctx, "payment", EarlierPaymentHandler(ctx))
+        finally:
+            await client.aclose()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(workflow, "TRANSITIONS", table)
+        patch.setattr(transport, "TRANSITIONS", table)
+        asyncio.run(main())
