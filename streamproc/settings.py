@@ -70,7 +70,9 @@ class Settings:
     claim_idle_ms: int = 15_000
     max_deliveries: int = 5
     shutdown_grace_s: float = 4.0
-    batch_size: int = 200
+    # Messages per XREADGROUP and per script call. 500 rather than 200: 3% less server time per
+    # order in a flood (each call's fixed cost is shared by more orders); 1,000 was slower again.
+    batch_size: int = 500
     block_ms: int = 1_000
     notifications_log: Path | None = None
     analytics_dir: Path | None = None
@@ -123,7 +125,7 @@ class Settings:
             claim_idle_ms=_int(env, "STREAMPROC_CLAIM_IDLE_MS", 15_000, 10, 86_400_000),
             max_deliveries=_int(env, "STREAMPROC_MAX_DELIVERIES", 5, 1, 1000),
             shutdown_grace_s=_float(env, "STREAMPROC_SHUTDOWN_GRACE_S", 4.0, 0.0, 3600.0),
-            batch_size=_int(env, "STREAMPROC_BATCH_SIZE", 200, 1, 10_000),
+            batch_size=_int(env, "STREAMPROC_BATCH_SIZE", 500, 1, 10_000),
             block_ms=_int(env, "STREAMPROC_BLOCK_MS", 1_000, 1, 60_000),
             notifications_log=Path(log) if log else None,
             analytics_dir=Path(analytics) if analytics else None,
