@@ -47,6 +47,7 @@ from benchmarks.common import (
 )
 from benchmarks.generate import write_orders
 from benchmarks.memory import memory_by_family
+from benchmarks.timeline import Timeline
 from streamproc.keys import STAGES, Keys
 from streamproc.orderview import order_timeline
 from streamproc.status import collect_status
@@ -314,14 +315,18 @@ def run(
     chunk_ms: int = 50,
     extra_env: dict[str, str] | None = None,
     server_config: dict[str, str] | None = None,
+    timeline: bool = False,
 ) -> dict[str, object]:
     """One measured run: flood when `rate` is 0, else `rate` orders/s in chunks of chunk_ms.
 
     `server_config` is applied with CONFIG SET before anything runs (default: none, the server
-    as `benchmarks.common.private_server` starts it)."""
+    as `benchmarks.common.private_server` starts it); `timeline` adds benchmarks.timeline's
+    samples of the run."""
     work = Path(tempfile.mkdtemp(prefix="sp-pipe-"))
     try:
-        return _run_in(work, orders, procs, latency_ms, rate, chunk_ms, extra_env, server_config)
+        return _run_in(
+            work, orders, procs, latency_ms, rate, chunk_ms, extra_env, server_config, timeline
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the CSV, its chunks, the notifications log
 
@@ -335,6 +340,7 @@ def _run_in(
     chunk_ms: int,
     extra_env: dict[str, str] | None,
     server_config: dict[str, str] | None,
+    timeline: bool = False,
 ) -> dict[str, object]:
     csv_path = work / "orders.csv"
     with csv_path.open("w", newline="") as handle:
@@ -351,7 +357,21 @@ def _run_in(
         with redis.Redis.from_url(url) as admin:
             for name, value in (server_config or {}).items():
                 admin.config_set(name, value)
-        m = _drive(url, env, procs, csv_path, chunks, interval_s)
+        sampler = Timeline(url) if timeline else None
+        try:
+            m = _drive(
+                url,
+                env,
+                procs,
+                csv_path,
+                chunks,
+                interval_s,
+                on_started=sampler.attach if sampler else None,
+                on_drained=sampler.detach if sampler else None,
+            )
+        finally:
+            if sampler:
+                sampler.detach()
         client = redis.Redis.from_url(url)
         keys = Keys()
         status = collect_status(client, keys)
@@ -400,6 +420,8 @@ def _run_in(
     if rate:
         result["target_rate"] = rate
         result["feed_late_max_ms"] = round(m.feed["feed_late_max_ms"], 1)
+    if sampler:
+        result["timeline"] = sampler.summary()
     return result
 
 
@@ -431,6 +453,11 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="set a variable for the consumers (repeatable), e.g. STREAMPROC_BATCH_SIZE=500",
     )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="sample CPU, the server's waits for a core and each stage's backlog every 0.25 s",
+    )
     args = parser.parse_args()
     config = server_config_of(args)
     extra_env = dict(item.split("=", 1) for item in args.env)
@@ -445,6 +472,7 @@ def main() -> None:
             args.chunk_ms,
             extra_env=extra_env,
             server_config=config,
+            timeline=args.timeline,
         ),
     }
     save(args.name or default_name(args.latency_ms, args.rate), result, args.output)

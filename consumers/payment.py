@@ -9,6 +9,21 @@ from streamproc.gateway import Charge, idempotency_key, payment_note
 from streamproc.transport import Decision, Message
 
 
+def charges_of(batch: list[Message]) -> list[Charge]:
+    """One gateway charge per message: its attempt's idempotency key, the order's total."""
+    return [
+        Charge(
+            idempotency_key(m.order_id, m.attempt),
+            m.order_id,
+            m.order.total_cents,
+            m.order.currency,
+            m.bucket,
+        )
+        for m in batch
+        if m.order
+    ]
+
+
 class PaymentHandler:
     """reserved → completed (charged, stock committed) or rolled_back (declined, stock released).
 
@@ -26,18 +41,7 @@ class PaymentHandler:
     async def handle(self, batch: list[Message]) -> list[Decision]:
         """One gateway call per batch (many batches are in flight at once, see the run loop),
         then one settlement call for the approved orders and one for the declined ones."""
-        charges = [
-            Charge(
-                idempotency_key(m.order_id, m.attempt),
-                m.order_id,
-                m.order.total_cents,
-                m.order.currency,
-                m.bucket,
-            )
-            for m in batch
-            if m.order
-        ]
-        results = await self.gateway.charge(charges)
+        results = await self.gateway.charge(charges_of(batch))
         approved = [m for m, r in zip(batch, results, strict=True) if r.approved]
         declined = [m for m, r in zip(batch, results, strict=True) if not r.approved]
         settled = iter(await settle(self.stock, approved, True))

@@ -12,10 +12,10 @@ import asyncio
 
 import pytest
 
+from consumers.payment import charges_of
 from streamproc import transport, workflow
 from streamproc.connection import async_client
 from streamproc.context import StageContext
-from streamproc.gateway import Charge, idempotency_key
 from streamproc.models import PAID, RESERVED
 from streamproc.runloop import Handler, RunLoop
 from streamproc.settings import Settings
@@ -45,18 +45,7 @@ class EarlierPaymentHandler:
 
     async def handle(self, batch: list[Message]) -> list[Decision]:
         """Charge each order; paid or declined, as that version noted it (bare outcome)."""
-        charges = [
-            Charge(
-                idempotency_key(m.order_id, m.attempt),
-                m.order_id,
-                m.order.total_cents,
-                m.order.currency,
-                m.bucket,
-            )
-            for m in batch
-            if m.order
-        ]
-        results = await self.gateway.charge(charges)
+        results = await self.gateway.charge(charges_of(batch))
         return [
             Decision(m, "paid", "ok") if r.approved else Decision(m, "declined", "declined")
             for m, r in zip(batch, results, strict=True)

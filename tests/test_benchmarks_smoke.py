@@ -18,6 +18,7 @@ from benchmarks.api import missing_tools
 from benchmarks.generate import HEADER, write_orders
 from benchmarks.pipeline import run
 from benchmarks.profile_server import analyse, parse_perf_script
+from streamproc.keys import STAGES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MISSING_LOAD_TOOLS = missing_tools()
@@ -59,6 +60,26 @@ def test_pipeline_benchmark_runs_and_every_order_ends_terminal() -> None:
     assert states["total"] == 60
     assert states["completed"] + states["rolled_back"] == 60
     assert float(str(result["orders_per_s"])) > 0
+
+
+def test_pipeline_timeline_samples_cpu_and_every_stage_backlog() -> None:
+    """`--timeline` at 10,000 orders (about a second and a half): samples every quarter second,
+    shares of a core within bounds, and the reserve stage's backlog seen while the flood was
+    queued (it is ingested faster than it is processed)."""
+    result = run(orders=10_000, procs=1, latency_ms=0, timeline=True)
+    timeline = result["timeline"]
+    assert isinstance(timeline, dict)
+    rows = timeline["rows"]
+    assert len(rows) >= 2, rows
+    assert [row["t"] for row in rows] == sorted(row["t"] for row in rows)
+    for row in rows:
+        assert set(row["backlog"]) == set(STAGES)
+        assert 0 <= row["server_busy"] <= 1.2 and 0 <= row["consumers_busy"] <= 2.4, row
+        assert 0 <= row["server_waiting"] <= 1.2, row
+    assert max(row["backlog"]["reserve"] for row in rows) > 0
+    assert 0 < timeline["server_busy"] <= 1.2
+    last = timeline["stage_last_backlog_s"]
+    assert set(last) == set(STAGES) and last["reserve"] > 0, last
 
 
 def test_pipeline_benchmark_at_a_fixed_rate_measures_latency_and_cpu() -> None:
