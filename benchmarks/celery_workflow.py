@@ -70,7 +70,6 @@ LEDGER = f"{P}gw:ledger"
 CHARGES = f"{P}gw:charges"
 NOTIFICATIONS = f"{P}notifications"
 READY = f"{P}worker-ready"
-TERMINAL = ("completed", "failed", "rolled_back")
 
 app = Celery("celery_workflow", broker=BROKER_URL)
 app.conf.update(

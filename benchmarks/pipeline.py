@@ -251,6 +251,20 @@ class Profiler(Protocol):
     def stop(self) -> None: ...
 
 
+def flood_figures(m: _Measured, orders: int, procs: int) -> dict[str, Any]:
+    """What every profiled flood reports besides its profile: size, speed, CPU per order."""
+    return {
+        "orders": orders,
+        "consumer_processes": procs,
+        "total_seconds": round(m.total_seconds, 3),
+        "orders_per_s": round(orders / m.total_seconds, 1),
+        "cpu_us_per_order": {
+            "server": round(m.cpu_server / orders * 1e6, 1),
+            "consumers": round(m.cpu_consumers / orders * 1e6, 1),
+        },
+    }
+
+
 def profiled_flood(work: Path, orders: int, procs: int, profiler: Profiler) -> _Measured:
     """A flood of `orders` (a seeded CSV written to `work`) through `procs` consumers on a private
     server, sampled by `profiler` (profile_consumers, profile_server)."""

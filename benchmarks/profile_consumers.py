@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ProfilerUnavailable, profile_cli
-from benchmarks.pipeline import profiled_flood
+from benchmarks.pipeline import flood_figures, profiled_flood
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
@@ -297,16 +297,9 @@ def run(orders: int, procs: int, rate: int = 200, raw_dir: Path | None = None) -
         shutil.rmtree(work, ignore_errors=True)
     analysed = analyse(sum(per_process, Counter()))
     return {
-        "orders": orders,
-        "consumer_processes": procs,
+        **flood_figures(m, orders, procs),
         "py_spy": {"rate_hz": rate, "options": "record --native --format raw (blocking)"},
-        "total_seconds": round(m.total_seconds, 3),
-        "orders_per_s": round(orders / m.total_seconds, 1),
         "cpu_seconds_consumers": round(m.cpu_consumers, 2),
-        "cpu_us_per_order": {
-            "consumers": round(m.cpu_consumers / orders * 1e6, 1),
-            "server": round(m.cpu_server / orders * 1e6, 1),
-        },
         # Busy samples / rate, from the attach (just before the clock starts) until drained:
         # compare with cpu_us_per_order["consumers"] (see the module's docstring).
         "sampled_us_per_order": round(analysed["samples"] / rate / orders * 1e6, 1),

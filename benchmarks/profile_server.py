@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ProfilerUnavailable, profile_cli
-from benchmarks.pipeline import profiled_flood
+from benchmarks.pipeline import flood_figures, profiled_flood
 
 # (name, the server function a sample's stack passes through), broadest first.
 PARTS: tuple[tuple[str, str], ...] = (
@@ -178,15 +178,8 @@ def run(orders: int, procs: int, rate: int = 499, raw_dir: Path | None = None) -
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
-        "orders": orders,
-        "consumer_processes": procs,
+        **flood_figures(m, orders, procs),
         "perf": {"rate_hz": rate, "options": "record --call-graph dwarf,16384 -t <main thread>"},
-        "total_seconds": round(m.total_seconds, 3),
-        "orders_per_s": round(orders / m.total_seconds, 1),
-        "cpu_us_per_order": {
-            "server": round(m.cpu_server / orders * 1e6, 1),
-            "consumers": round(m.cpu_consumers / orders * 1e6, 1),
-        },
         **analysed,
     }
 

@@ -493,15 +493,19 @@ def test_profile_consumers_quick_run_profiles_the_stage_handlers(tmp_path: Path)
     assert "stage handlers" in done.stdout  # the printed summary
 
 
-# Two samples as `perf script -F ip,sym` prints them: frames innermost first, a blank line after.
-PERF_SCRIPT = """\
+# Samples as `perf script -F ip,sym` prints them: frames innermost first, a blank line after.
+# The interpreter's own frames, twice (first and last), so that leaf ranks above the others.
+LUA_SAMPLE = """\
 \t    55d0c3bc441f [unknown]
 \t    55d0c3bc441f lua_pcall
 \t    55d0c3a00001 luaCallFunction
 \t    55d0c3a00002 evalGenericCommand
 \t    55d0c3a00003 call
 \t    55d0c3a00004 processCommand
-
+"""
+PERF_SCRIPT = (
+    LUA_SAMPLE
+    + """
 \t    55d0c3a00010 dictFind
 \t    55d0c3a00011 lookupKey
 \t    55d0c3a00012 hmgetCommand
@@ -516,13 +520,9 @@ PERF_SCRIPT = """\
 \t    55d0c3a00022 propagatePendingCommands
 \t    55d0c3a00003 call
 
-\t    55d0c3bc441f [unknown]
-\t    55d0c3bc441f lua_pcall
-\t    55d0c3a00001 luaCallFunction
-\t    55d0c3a00002 evalGenericCommand
-\t    55d0c3a00003 call
-\t    55d0c3a00004 processCommand
 """
+    + LUA_SAMPLE
+)
 
 
 def test_profile_server_reads_perf_stacks_into_shares_by_part() -> None:
