@@ -41,7 +41,7 @@ ITEMS: dict[str, Items] = {
     "ingest": lambda argv, numkeys, argc: numkeys - 5,
     "notify_claim": lambda argv, numkeys, argc: numkeys - 3,
     "notify_settle": lambda argv, numkeys, argc: (argc - 3 - numkeys - 3) // 5,
-    "snapshot_register": lambda argv, numkeys, argc: argc - 3 - numkeys - 4,
+    "snapshot_register": lambda argv, numkeys, argc: int(argv[3 + numkeys + 5]),
 }
 
 
@@ -199,7 +199,7 @@ class SlowLog:
         numkeys, argc = int(argv[2]), argument_count(argv)
         if name == "commit":
             stage = argv[3].decode().rsplit(":", 1)[-1]  # KEYS[1]: the stage's stream
-            return f"commit:{stage}", numkeys - 5 - len(outputs_of(stage))
+            return f"commit:{stage}", numkeys - 4 - len(outputs_of(stage))
         if name in PER_MESSAGE:
             return name, 0
         count = ITEMS.get(name)

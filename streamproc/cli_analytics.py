@@ -226,9 +226,14 @@ def leaderboard_rebuild(env: Env, as_json: bool) -> None:
     else:
         click.echo(
             f"leaderboards rebuilt: {report.customers} customers and {report.products} products "
-            f"in {', '.join(report.currencies) or 'no currency'} from {report.facts_files} files "
-            f"and {report.unsnapshotted_orders} orders not yet snapshotted, "
-            f"in {report.seconds:.2f} s"
+            f"in {', '.join(report.currencies) or 'no currency'} from {report.facts_files} files"
+            + (
+                f" and {report.unsnapshotted_orders} completions an earlier version counted "
+                "before they were snapshotted"
+                if report.unsnapshotted_orders
+                else ""
+            )
+            + f", in {report.seconds:.2f} s"
         )
 
 

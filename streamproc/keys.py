@@ -235,8 +235,9 @@ class Keys:
 
     @property
     def leaderboard_rebuild(self) -> str:
-        """Marker (with a TTL) while a rebuild runs: completions also go to the staging boards,
-        and the snapshot stage holds new files back so the rebuild's source stays fixed."""
+        """Marker (with a TTL) while a rebuild runs: the snapshot stage holds new files back so
+        the rebuild's source stays fixed (an earlier version's commits add to the staging
+        boards too)."""
         return f"{self._pipe}:lb:rebuild"
 
     # -- stock slot ----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from streamproc.models import (
     order_decoder,
 )
 from streamproc.replies import id_key, text
-from streamproc.workflow import TRANSITIONS, outputs_of
+from streamproc.workflow import FACTS_STAGE, TRANSITIONS, outputs_of
 
 log = logging.getLogger("streamproc.transport")
 
@@ -51,6 +51,9 @@ class Message:
     prior: bool = False
     # The order's creation ms (entry field c; 0 in entries written before it was carried).
     created_ms: int = 0
+    # A completion the leaderboards have not counted yet (entry field b=1, facts stream only):
+    # the snapshot stage adds it when it registers it. Earlier versions counted it at commit.
+    boards_pending: bool = False
 
     @property
     def reservation_key(self) -> str:
@@ -124,15 +127,15 @@ def parse_entry(msg_id: bytes, fields: dict[bytes, bytes] | list[bytes]) -> Mess
     except (KeyError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         return Message(msg_id, order_id, 1, "", None, f"undecodable entry: {exc}")
     state = fields.get(b"s", b"").decode("ascii", "replace")
-    prior = fields.get(b"r") == b"1"
     return Message(
         msg_id,
         order_id or order.order_id,
         attempt,
         state,
         order,
-        prior=prior,
+        prior=fields.get(b"r") == b"1",
         created_ms=created_ms,
+        boards_pending=fields.get(b"b") == b"1",
     )
 
 
@@ -178,14 +181,10 @@ class StageStream:
         self._order_prefix = keys.order("")
         # This stage's transitions as commit.lua takes them (to_state, next stage, outputs), and
         # per outcome: its 1-based number there and whether the order completes (its revenue is
-        # counted).
+        # counted). Completions enqueued for the snapshot stage are marked for its leaderboards.
         mine = [(o, t) for (source, o), t in TRANSITIONS.items() if source == stage]
-        self._transitions: list[Any] = [
-            len(self._outputs),
-            keys.leaderboard_prefix(),
-            keys.leaderboard_prefix(staging=True),
-            len(mine),
-        ]
+        facts = self._outputs.index(FACTS_STAGE) + 1 if FACTS_STAGE in self._outputs else 0
+        self._transitions: list[Any] = [len(self._outputs), facts, len(mine)]
         self._plan: dict[str, tuple[int, bool]] = {}
         # Outcomes that end the workflow, and the terminal state each one sets.
         self._terminal = {o: t.to_state for o, t in mine if t.to_state in TERMINAL_STATES}
@@ -393,7 +392,6 @@ class StageStream:
             *self._output_keys,
             self.keys.day(utc_day(now)),
             self.keys.throughput(now // 1000),
-            self.keys.leaderboard_rebuild,
         ]
         args: list[Any] = [self.group, self.stage, now, len(decisions), *self._transitions]
         plan, prefix = self._plan, self._order_prefix

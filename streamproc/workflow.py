@@ -20,8 +20,12 @@ class Transition:
 # declined and still reserved) and those `dlq retry` puts back.
 DRAIN_ONLY: tuple[str, ...] = ("finalize", "rollback")
 
+# The stage that writes terminal orders to the analytics store, and adds completions to the
+# leaderboards as it registers each file.
+FACTS_STAGE = "snapshot"
+
 # Terminal orders fan out to these stages (each with its own idempotency).
-TERMINAL_OUTPUTS: tuple[str, ...] = ("notify", "snapshot")
+TERMINAL_OUTPUTS: tuple[str, ...] = ("notify", FACTS_STAGE)
 
 TRANSITIONS: dict[tuple[str, str], Transition] = {
     ("reserve", "reserved"): Transition(RESERVED, "payment", ("payment",)),

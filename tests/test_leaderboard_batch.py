@@ -1,22 +1,25 @@
-"""commit.lua's leaderboard sums per batch (lib/leaderboard.lua) against the per-order rules.
+"""The leaderboards as the snapshot stage writes them: a registered file's completions, summed
+per customer and per SKU (analytics/boardsums.py) and added by snapshot_register.lua
+(lib/leaderboard.lua), against the per-order rules.
 
-The boards are written once per batch from sums kept in Lua; they must come out exactly as one
-update per order in item order would leave them: sums, the first order date, and the name on the
-latest order by (order_date, order_id), where an equal key keeps the name already there and an
-SKU line without a name never replaces one. Checked with several orders of the same customer and
-SKU in one batch, out of date order, with the staging boards of a running rebuild, and for a batch
-whose later order cannot be decoded (the orders before it still count, the failed one stays).
+The boards must come out exactly as one update per order in stream order would leave them: sums,
+the first order date, and the name on the latest order by (order_date, order_id), where an equal
+key keeps the name already there and an SKU line without a name never replaces one. Checked with
+several orders of the same customer and SKU in one file, out of date order, over files of many
+sizes, against a rebuild from the store, and for completions an earlier version counted as it
+committed them (their facts-stream entries have no b=1), which must not be counted twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from redis.exceptions import ResponseError
 
 from streamproc.analytics.leaderboard import (
     CustomerCard,
@@ -26,6 +29,9 @@ from streamproc.analytics.leaderboard import (
     read_product_card,
     top_products,
 )
+from streamproc.analytics.rebuild import RebuildReport, rebuild
+from streamproc.analytics.snapshotter import SnapshotLoop
+from streamproc.analytics.store import FactStore
 from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.keys import BOARDS
@@ -110,16 +116,18 @@ def put_orders(r: redis.Redis, orders: list[Order], payloads: dict[str, bytes]) 
         )
 
 
-def commit_batches(
-    redis_url: str, orders: list[Order], sizes: list[int], payloads: dict[str, bytes]
-) -> list[Any]:
-    """Send every order to finalize and complete them in batches of the given sizes (negative:
-    the pending ones again); per batch the script's results, or the error it raised."""
+def complete_and_register(
+    redis_url: str, root: Path, orders: list[Order], sizes: list[int], payloads: dict[str, bytes]
+) -> list[dict[str, int]]:
+    """Complete every order at finalize in batches of the given sizes, each batch's facts then
+    written and registered as a file of its own by the one-shot snapshot stage; per batch what
+    the snapshot stage did (facts, files, dead_lettered)."""
 
-    async def main() -> list[Any]:
+    async def main() -> list[dict[str, int]]:
         client = async_client(redis_url)
         try:
-            ctx = StageContext.build(Settings(redis_url=redis_url), client)
+            settings = Settings(redis_url=redis_url, analytics_dir=root)
+            ctx = StageContext.build(settings, client)
             await ensure_groups(client, KEYS)
             for o in orders:
                 fields = {
@@ -130,23 +138,47 @@ def commit_batches(
                 }
                 await client.xadd(KEYS.stream("finalize"), fields)
             stream = StageStream(client, ctx.scripts, KEYS, "finalize", "c1")
-            out: list[Any] = []
+            out: list[dict[str, int]] = []
             for size in sizes:
-                # A negative size: re-read this consumer's pending entries (a retry).
-                if size < 0:
-                    batch = await stream.read_pending(-size)
-                else:
-                    batch = await stream.read(size, None)
-                try:
-                    committed = await stream.commit([Decision(m, "completed") for m in batch])
-                    out.append(committed.results)
-                except ResponseError as exc:
-                    out.append(exc)
+                batch = await stream.read(size, None) if size else []
+                committed = await stream.commit([Decision(m, "completed") for m in batch])
+                assert committed.results == [1] * size
+                facts = StageStream(client, ctx.scripts, KEYS, "snapshot", "s1")
+                loop = SnapshotLoop(ctx, facts, FactStore(root), one_shot=True)
+                await loop.run(asyncio.Event())
+                assert loop.fatal is None
+                out.append(dict(loop.outcomes))
             return out
         finally:
             await client.aclose()
 
     return asyncio.run(main())
+
+
+def rebuild_boards(redis_url: str, root: Path) -> RebuildReport:
+    """`leaderboard rebuild`, in this process."""
+
+    async def main() -> RebuildReport:
+        client = async_client(redis_url)
+        try:
+            ctx = StageContext.build(Settings(redis_url=redis_url, analytics_dir=root), client)
+            return await rebuild(client, ctx.scripts, KEYS, root)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def write_boards(r: redis.Redis, boards: dict[str, Any]) -> None:
+    """Store boards in the shape expected_boards gives (as an earlier version left them)."""
+    for cur in boards.get("currencies", ()):
+        r.sadd(KEYS.leaderboard_currencies(), cur)
+        for board in BOARDS:
+            key, value = KEYS.leaderboard(cur, board), boards[f"{cur}:{board}"]
+            if board in ("customers", "products"):
+                r.zadd(key, value)
+            else:
+                r.hset(key, mapping=value)
 
 
 def random_orders(rng: random.Random, n: int) -> list[Order]:
@@ -177,28 +209,66 @@ def random_orders(rng: random.Random, n: int) -> list[Order]:
     return orders
 
 
-@pytest.mark.parametrize("rebuilding", [False, True])
-def test_batched_boards_equal_one_update_per_order(
-    redis_url: str, r: redis.Redis, rebuilding: bool
+def test_registered_files_put_on_the_boards_what_one_update_per_order_would(
+    redis_url: str, r: redis.Redis, tmp_path: Path
 ) -> None:
     rng = random.Random(8)
     orders = random_orders(rng, 300)
-    if rebuilding:
-        r.set(KEYS.leaderboard_rebuild, "token", px=60_000)
     put_orders(r, orders, {})
     sizes = [1, 7, 50, 200, 42]
-    results = commit_batches(redis_url, orders, sizes, {})
-    assert [x for res in results for x in res] == [1] * 300
+    outcomes = complete_and_register(redis_url, tmp_path, orders[:1], sizes[:1], {})
+    assert outcomes == [{"facts": 1, "files": 1, "dead_lettered": 0}]
+    assert stored_boards(r) == expected_boards(orders[:1])
+    outcomes = complete_and_register(redis_url, tmp_path, orders[1:], sizes[1:], {})
+    assert [o["facts"] for o in outcomes] == sizes[1:]
     expected = expected_boards(orders)
     assert stored_boards(r) == expected
-    if rebuilding:
-        assert stored_boards(r, staging=True) == expected
-    else:
-        assert not r.keys(KEYS.leaderboard_prefix(staging=True) + "*")
+    assert not r.keys(KEYS.leaderboard_prefix(staging=True) + "*")
+    # Every completion's entry was marked for the boards; a rebuild from the files agrees.
+    report = rebuild_boards(redis_url, tmp_path)
+    assert (report.unsnapshotted_orders, report.facts_files) == (0, len(sizes))
+    assert stored_boards(r) == expected
 
 
-def test_same_customer_and_sku_in_one_batch_out_of_date_order(
-    redis_url: str, r: redis.Redis
+def test_boards_wait_for_the_file_not_the_commit(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    """A completion is on the boards once its fact is registered, not before: the boards
+    always equal the registered store."""
+    orders = random_orders(random.Random(5), 5)
+    put_orders(r, orders, {})
+
+    async def commit_only() -> None:
+        client = async_client(redis_url)
+        try:
+            ctx = StageContext.build(Settings(redis_url=redis_url), client)
+            await ensure_groups(client, KEYS)
+            for o in orders:
+                await client.xadd(
+                    KEYS.stream("finalize"),
+                    {"o": o.order_id, "a": "1", "s": "paid", "d": encode_order(o)},
+                )
+            stream = StageStream(client, ctx.scripts, KEYS, "finalize", "c1")
+            batch = await stream.read(5, None)
+            await stream.commit([Decision(m, "completed") for m in batch])
+        finally:
+            await client.aclose()
+
+    asyncio.run(commit_only())
+    assert [r.hget(KEYS.order(o.order_id), "s") for o in orders] == ["completed"] * 5
+    assert stored_boards(r) == {}
+    entries = r.xrange(KEYS.stream("snapshot"))
+    assert [fields.get("b") for _, fields in entries] == ["1"] * 5
+    # Notify's entries carry no mark: only the snapshot stage adds to the boards.
+    assert all("b" not in fields for _, fields in r.xrange(KEYS.stream("notify")))
+    assert complete_and_register(redis_url, tmp_path, [], [0], {}) == [
+        {"facts": 5, "files": 1, "dead_lettered": 0}
+    ]
+    assert stored_boards(r) == expected_boards(orders)
+
+
+def test_same_customer_and_sku_in_one_file_out_of_date_order(
+    redis_url: str, r: redis.Redis, tmp_path: Path
 ) -> None:
     d1, d2 = "2025-11-12T00:00:00Z", "2025-11-10T00:00:00Z"
     orders = [
@@ -210,7 +280,7 @@ def test_same_customer_and_sku_in_one_batch_out_of_date_order(
         Order("C3", 5, "Latest", "USD", d1, [Line("S", "", 1, 1)]),
     ]
     put_orders(r, orders, {})
-    assert commit_batches(redis_url, orders, [4], {}) == [[1, 1, 1, 1]]
+    complete_and_register(redis_url, tmp_path, orders, [4], {})
     assert stored_boards(r) == expected_boards(orders)
     card = read_card(r.hget(KEYS.leaderboard("USD", "customer_info"), "5"))
     assert card == CustomerCard(4, d2, d1, "C3", "Latest")
@@ -219,42 +289,87 @@ def test_same_customer_and_sku_in_one_batch_out_of_date_order(
     assert r.zscore(KEYS.leaderboard("USD", "products"), "S") == 3 + 3 + 1 + 1
 
 
-def test_an_order_that_fails_to_decode_stays_and_the_ones_before_count(
-    redis_url: str, r: redis.Redis
+def test_an_order_whose_payload_cannot_be_read_is_dead_lettered_and_the_rest_count(
+    redis_url: str, r: redis.Redis, tmp_path: Path
 ) -> None:
     orders = random_orders(random.Random(3), 6)
-    # The fifth order's stored payload is not an order: the script fails there.
+    # The fifth order's stored payload is not an order: the snapshot stage cannot use its fact.
     bad = orders[4].order_id
     payloads = {bad: b'["' + bad.encode() + b'", 1, "x", "USD"'}
     put_orders(r, orders, payloads)
-    first, second = commit_batches(redis_url, orders, [6, -6], payloads)
-    assert isinstance(first, ResponseError)
-    # The four before it are applied, acked and on the boards; the rest were not touched.
-    assert [r.hget(KEYS.order(o.order_id), "s") for o in orders] == ["completed"] * 4 + ["paid"] * 2
-    assert stored_boards(r) == expected_boards(orders[:4])
-    assert r.hget(KEYS.state_counts, "completed") == "4"
-    # The retry: the four are stale, the bad one fails again, the last is still not reached.
-    assert isinstance(second, ResponseError)
-    assert stored_boards(r) == expected_boards(orders[:4])
-    pending = r.xpending(KEYS.stream("finalize"), KEYS.group("finalize"))
-    assert pending["pending"] == 2
+    outcomes = complete_and_register(redis_url, tmp_path, orders, [6], payloads)
+    assert outcomes == [{"facts": 5, "files": 1, "dead_lettered": 1}]
+    good = orders[:4] + orders[5:]
+    assert stored_boards(r) == expected_boards(good)
+    letters = r.xrange(KEYS.dead_letters)
+    assert [(f["stage"], f["o"]) for _, f in letters] == [("snapshot", bad)]
+    assert r.xpending(KEYS.stream("snapshot"), KEYS.group("snapshot"))["pending"] == 0
 
 
-def test_an_equal_latest_key_keeps_the_name_added_first(redis_url: str, r: redis.Redis) -> None:
-    # Two completions carrying the same (order_date, order_id), as a merge row and a live
-    # completion of one order can: the first one's names stay, as with one update per order.
+def test_equal_latest_keys_keep_the_name_registered_first(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    # Two completions carrying the same (order_date, order_id), as a re-submitted order's can:
+    # the first one's names stay, in one file (the earlier fact) or over two (the earlier file),
+    # as with one update per order.
     date = "2025-11-12T00:00:00Z"
     same = [
-        Order("T", 6, "First", "EUR", date, [Line("S", "One", 1, 5)]),
+        Order("T", 6, "First", "EUR", date, [Line("S", "One", 1, 5), Line("S", "Last", 1, 5)]),
         Order("T", 6, "Second", "EUR", date, [Line("S", "Two", 1, 5)]),
+        Order("T", 6, "Third", "EUR", date, [Line("S", "Three", 1, 5)]),
     ]
-    orders = [Order(f"T{i}", 6, "x", "EUR", date, []) for i in (1, 2)]
-    payloads = {f"T{i}": encode_order(o) for i, o in zip((1, 2), same, strict=True)}
+    orders = [Order(f"T{i}", 6, "x", "EUR", date, []) for i in (1, 2, 3)]
+    payloads = {f"T{i}": encode_order(o) for i, o in zip((1, 2, 3), same, strict=True)}
     put_orders(r, orders, payloads)
-    assert commit_batches(redis_url, orders, [2], payloads) == [[1, 1]]
+    complete_and_register(redis_url, tmp_path, orders, [2, 1], payloads)
     assert stored_boards(r) == expected_boards(same)
     assert read_card(r.hget(KEYS.leaderboard("EUR", "customer_info"), "6")).name == "First"
-    assert r.hget(KEYS.leaderboard("EUR", "product_info"), "S") == f"10|2|{date}|T|One"
+    # Of one order's lines of a SKU, the last named one names it (as the order's own sums did).
+    assert r.hget(KEYS.leaderboard("EUR", "product_info"), "S") == f"20|3|{date}|T|Last"
+
+
+def test_completions_an_earlier_version_counted_are_not_counted_again(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    """An upgrade: facts-stream entries an earlier version wrote (no b=1) are already on the
+    boards, which it updated as it committed them. Registering them adds nothing; a rebuild
+    while they wait counts them, since no file holds them yet; later completions count once."""
+    rng = random.Random(21)
+    earlier, later = random_orders(rng, 40), random_orders(rng, 30)
+    write_boards(r, expected_boards(earlier))
+    for o in earlier:
+        r.xadd(
+            KEYS.stream("snapshot"),
+            {"o": o.order_id, "a": "1", "s": "completed", "d": encode_order(o), "c": "1"},
+        )
+    put_orders(r, later, {})
+    report = rebuild_boards(redis_url, tmp_path)
+    assert (report.unsnapshotted_orders, report.facts_files) == (len(earlier), 0)
+    assert stored_boards(r) == expected_boards(earlier)
+    # The later orders complete; one file holds both kinds of fact and adds the later ones only.
+    outcomes = complete_and_register(redis_url, tmp_path, later, [30], {})
+    assert outcomes == [{"facts": 70, "files": 1, "dead_lettered": 0}]
+    assert stored_boards(r) == expected_boards(earlier + later)
+    report = rebuild_boards(redis_url, tmp_path)
+    assert (report.unsnapshotted_orders, report.facts_files) == (0, 1)
+    assert stored_boards(r) == expected_boards(earlier + later)
+
+
+def test_a_board_that_cannot_be_written_leaves_the_file_registered(
+    redis_url: str, r: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A board key of the wrong type: the file is registered and its facts acked all the same
+    (written again, they would be counted twice on every other board), and the error logged."""
+    orders = [Order("W1", 5, "Pat", "USD", "2025-11-10T00:00:00Z", [Line("S", "", 1, 100)])]
+    r.set(KEYS.leaderboard("USD", "customers"), "not a board")
+    put_orders(r, orders, {})
+    caplog.set_level(logging.ERROR, logger="streamproc.snapshot")
+    assert complete_and_register(redis_url, tmp_path, orders, [1], {}) == [
+        {"facts": 1, "files": 1, "dead_lettered": 0}
+    ]
+    assert "could not take" in caplog.text and "WRONGTYPE" in caplog.text
+    assert r.hlen(KEYS.snapshot_files) == 1
+    assert r.xpending(KEYS.stream("snapshot"), KEYS.group("snapshot"))["pending"] == 0
 
 
 def test_consume_warns_about_customer_figures_written_before_cards(
@@ -272,10 +387,10 @@ def test_consume_warns_about_customer_figures_written_before_cards(
 
 
 def test_product_figures_written_before_cards_fold_into_the_first_card(
-    redis_url: str, r: redis.Redis
+    redis_url: str, r: redis.Redis, tmp_path: Path
 ) -> None:
     """A SKU's fields from before cards (`:r`, `:n`, `:k`, `:name`) are taken into its card by
-    the next completion and dropped; untouched ones are still read by the board's reader."""
+    the next registered file and dropped; untouched ones are still read by the board's reader."""
     info = KEYS.leaderboard("USD", "product_info")
     r.sadd(KEYS.leaderboard_currencies(), "USD")
     r.zadd(KEYS.leaderboard("USD", "products"), {"OLD": 7, "KEPT": 40, "BARE": 1})
@@ -300,7 +415,7 @@ def test_product_figures_written_before_cards_fold_into_the_first_card(
         Order("A2", 5, "Pat", "USD", date, [Line("NEW", "", 1, 30), Line("BARE", "", 1, 5)]),
     ]
     put_orders(r, orders, {})
-    assert commit_batches(redis_url, orders, [2], {}) == [[1, 1]]
+    complete_and_register(redis_url, tmp_path, orders, [2], {})
     assert r.hgetall(info) == {
         "OLD": "800|4|2025-11-20T00:00:00Z|Z9|Old name",
         "NEW": "30|1|||",
@@ -326,7 +441,9 @@ def test_product_figures_written_before_cards_fold_into_the_first_card(
     ]
 
 
-def test_a_product_revenue_past_2_to_the_53_stays_exact(redis_url: str, r: redis.Redis) -> None:
+def test_a_product_revenue_past_2_to_the_53_stays_exact(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
     info = KEYS.leaderboard("EUR", "product_info")
     near = 2**53 - 3
     r.hset(info, "BIG", f"{near}|1|||")
@@ -337,7 +454,7 @@ def test_a_product_revenue_past_2_to_the_53_stays_exact(redis_url: str, r: redis
         Order("B2", 5, "Pat", "EUR", date, [Line("BIG", "", 3, 7)]),
     ]
     put_orders(r, orders, {})
-    assert commit_batches(redis_url, orders, [1, 1], {}) == [[1], [1]]
+    complete_and_register(redis_url, tmp_path, orders, [1, 1], {})
     assert r.hget(info, "BIG") == f"{near + 999 + 21}|3|{date}|B1|Big"
     assert r.hget(info, "HUGE") == f"{10**30}|2|||"
     assert read_product_card(r.hget(info, "HUGE")).revenue_cents == 10**30

@@ -71,8 +71,22 @@ def test_stage_entries_carry_the_creation_ms_and_entries_written_before_do_not()
     done = [*base[:5], b"completed", *base[6:], b"c", b"5"]
     terminal = parse_entry(b"1-3", [*done, b"r", b"1"])
     assert terminal.prior and terminal.created_ms == 5
-    assert b'"prior":true' in (row_of_entry(b"1-3", [*done, b"r", b"1"]) or b"")
-    assert b'"prior":false' in (row_of_entry(b"1-3", done) or b"")
+    # The snapshot's rows: a completion marked b=1 waits for the boards; one without the mark was
+    # counted as an earlier version committed it; r and b in either combination.
+    for tail, prior, counted in (
+        ([b"r", b"1"], True, True),
+        ([], False, True),
+        ([b"b", b"1"], False, False),
+        ([b"r", b"1", b"b", b"1"], True, False),
+    ):
+        row, on_boards = row_of_entry(b"1-3", [*done, *tail]) or (b"", None)
+        assert (b'"prior":%s' % (b"true" if prior else b"false")) in row
+        assert on_boards is counted
+        message = parse_entry(b"1-3", [*done, *tail])
+        assert (message.prior, message.boards_pending) == (prior, not counted)
+    # Other terminal states never were on the boards.
+    failed = [*base[:5], b"failed", *base[6:], b"c", b"5"]
+    assert (row_of_entry(b"1-5", failed) or (b"", None))[1] is False
     assert parse_entry(b"1-4", [*base, b"c", b"x"]).error  # a creation time that is no number
 
 

@@ -83,17 +83,31 @@ def fact_row(msg_id: bytes, attempt: bytes, state: bytes, prior: bool, payload: 
     )
 
 
-def row_of_entry(msg_id: bytes, fields: list[bytes]) -> bytes | None:
-    """fact_row from a raw entry as commit.lua writes it (o, a, s, d [, c] [, r]); None
-    otherwise."""
+def row_of_entry(msg_id: bytes, fields: list[bytes]) -> tuple[bytes, bool] | None:
+    """fact_row from a raw entry as commit.lua writes it (o, a, s, d [, c] [, r] [, b]), and
+    whether the leaderboards counted it already (on_boards); None for any other entry."""
     n = len(fields)
-    if n in (8, 10, 12) and fields[2] == b"a" and fields[4] == b"s" and fields[6] == b"d":
-        prior = fields[n - 2] == b"r" and fields[n - 1] == b"1"
+    if 8 <= n <= 14 and fields[2] == b"a" and fields[4] == b"s" and fields[6] == b"d":
+        prior = pending = False
+        for i in range(8, n - 1, 2):
+            name = fields[i]
+            if name == b"r":
+                prior = fields[i + 1] == b"1"
+            elif name == b"b":
+                pending = fields[i + 1] == b"1"
+        state = fields[5]
         try:
-            return fact_row(msg_id, fields[3], fields[5], prior, fields[7])
+            row = fact_row(msg_id, fields[3], state, prior, fields[7])
         except ValueError:
             return None
+        return row, on_boards(state == b"completed", pending)
     return None
+
+
+def on_boards(completed: bool, pending: bool) -> bool:
+    """Whether a fact is on the leaderboards before its file is registered: a completion an
+    earlier version counted as it committed (its entry has no b=1)."""
+    return completed and not pending
 
 
 def row_of_message(message: Message) -> bytes:

@@ -1,10 +1,14 @@
 """Leaderboard rebuild: recompute every board from the snapshot store and swap it in atomically.
 
-1. lb_rebuild_begin.lua sets the marker and returns the manifest's files and the facts stream's
-   unacked range. From then on commit.lua adds each completion to the staging boards too, and the
-   snapshot stage registers nothing, so files + unacked entries = every completion before.
-2. DuckDB sums the files and the unacked entries (as fact rows) with the live updates' rules;
-   the sums are merged into the staging boards (lb_rebuild_merge.lua, in chunks).
+The boards count a completion when the snapshot stage registers the file holding it
+(snapshot_register.lua), so they equal the registered store. A rebuild:
+1. lb_rebuild_begin.lua sets the marker (the snapshot stage registers nothing while it stands,
+   so the store stays fixed) and returns the manifest's files and the facts stream's unacked
+   range.
+2. DuckDB sums the files (analytics.boardsums), plus the unacked completions an earlier version
+   committed: it counted those on the live boards as they completed, and they will not be
+   counted again when registered. The sums are merged into the staging boards
+   (lb_rebuild_merge.lua, in chunks); an earlier version's commits add to them too meanwhile.
 3. lb_rebuild_swap.lua renames the staging boards over the live ones and drops the marker.
 Readers see the old boards until the swap, then the new ones: never a partial board.
 """
@@ -20,8 +24,9 @@ from typing import Any, cast
 import msgspec
 import redis.asyncio as aredis
 
-from streamproc.analytics.facts import row_of_message
-from streamproc.analytics.store import Duck, FactStore, rows_sql, source_sql
+from streamproc.analytics.boardsums import ROW_WIDTH, Rows, sum_source
+from streamproc.analytics.facts import on_boards, row_of_message
+from streamproc.analytics.store import FactStore, rows_sql, source_sql
 from streamproc.errors import StreamprocError
 from streamproc.keys import BOARDS, Keys
 from streamproc.lua import AsyncScripts
@@ -50,35 +55,16 @@ class RebuildReport(msgspec.Struct):
     customers: int
     products: int
     facts_files: int
+    # Completions not in the store yet that an earlier version counted on the boards as it
+    # committed them (0 once they are snapshotted): the name is kept for the API's shape.
     unsnapshotted_orders: int
     seconds: float
 
 
 FILES_SQL = "SELECT * FROM {src}"
-# Rows in the shape lb_rebuild_merge.lua takes (9 values each), the same rules as the live
-# updates in lua/lib/leaderboard.lua: sums, first order date, name on the latest order.
-CUSTOMERS_SQL = """
-SELECT 'c', currency, customer_id::VARCHAR, sum(total_cents)::BIGINT, '', count(*),
-       arg_max(customer_name, order_date || '|' || order_id), min(order_date),
-       max(order_date || '|' || order_id)
-FROM {src} WHERE state = 'completed' GROUP BY currency, customer_id
-"""
-PRODUCTS_SQL = """
-WITH l AS (
-  SELECT currency, order_id, order_date || '|' || order_id AS k, unnest(lines) AS line
-  FROM {src} WHERE state = 'completed'
-)
-SELECT 'p', currency, line.sku, sum(line.quantity)::BIGINT, sum(line.amount_cents)::BIGINT,
-       count(DISTINCT order_id),
-       coalesce(arg_max(line.name, k) FILTER (WHERE line.name <> ''), ''), '',
-       coalesce(max(k) FILTER (WHERE line.name <> ''), '')
-FROM l GROUP BY currency, line.sku
-"""
 
 
-def sum_boards(
-    paths: list[str], late_rows: list[bytes], temp: Path
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+def sum_boards(paths: list[str], late_rows: list[bytes], temp: Path) -> tuple[Rows, Rows]:
     """Customer and product merge rows over the given store files plus facts.fact_row rows of
     completions not yet in them (blocking)."""
     sources = [FILES_SQL.format(src=source_sql(paths))] if paths else []
@@ -89,20 +75,16 @@ def sum_boards(
     if not sources:
         return [], []
     try:
-        src = "(" + " UNION ALL BY NAME ".join(f"({q})" for q in sources) + ")"
-        cur = Duck.cursor()
-        customers = cur.execute(CUSTOMERS_SQL.format(src=src)).fetchall()
-        products = cur.execute(PRODUCTS_SQL.format(src=src)).fetchall()
+        return sum_source("(" + " UNION ALL BY NAME ".join(f"({q})" for q in sources) + ")")
     finally:
         ndjson.unlink(missing_ok=True)
-    return customers, products
 
 
 async def unacked_completions(
     client: aredis.Redis, stream: str, group: str, delivered: str, top: str
 ) -> list[bytes]:
-    """Fact rows of the completions among the stream's entries not acked when the rebuild
-    began."""
+    """Fact rows of the completions an earlier version counted on the boards as it committed
+    them (facts.on_boards) among the stream's entries not acked when the rebuild began."""
     ids: list[bytes] = []
     start = "-"
     while delivered != "0-0":
@@ -133,7 +115,8 @@ async def unacked_completions(
     completed: list[bytes] = []
     for entry_id, fields in entries:
         message = parse_entry(entry_id, fields)
-        if message.order is not None and message.state == COMPLETED:
+        completes = message.state == COMPLETED
+        if message.order is not None and on_boards(completes, message.boards_pending):
             completed.append(row_of_message(message))
     return completed
 
@@ -172,7 +155,7 @@ async def rebuild(
         merge_keys = [keys.leaderboard_rebuild, keys.leaderboard_currencies(staging=True)]
         for row in (*customers, *products):
             chunk += row
-            if len(chunk) >= CHUNK_ROWS * 9:
+            if len(chunk) >= CHUNK_ROWS * ROW_WIDTH:
                 await _merge(scripts, merge_keys, token, staging, chunk)
                 chunk = []
         if chunk:

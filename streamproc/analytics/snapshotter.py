@@ -1,7 +1,8 @@
 """The snapshot stage: append terminal orders from the facts stream to the store, exactly once.
 
 Entries are gathered until `snapshot_max_rows` of them or `snapshot_interval_ms` have passed,
-written as one Parquet file, and registered together with their acks (snapshot_register.lua).
+written as one Parquet file, and registered together with their acks and the file's completions'
+leaderboard figures (snapshot_register.lua), so the boards count exactly the registered store.
 A crash anywhere before registration leaves the entries pending (reclaimed and written again)
 and at worst an unregistered file, which readers never see and housekeeping deletes. Small files
 are merged in the background; replaced files are deleted after a grace period.
@@ -13,10 +14,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from streamproc.analytics.facts import row_of_entry, row_of_message
+from streamproc.analytics.boardsums import file_rows
+from streamproc.analytics.facts import on_boards, row_of_entry, row_of_message, seq_of
 from streamproc.analytics.store import (
     TEMP_DIR,
     TRASH_GRACE_S,
@@ -31,6 +33,7 @@ from streamproc.context import StageContext
 from streamproc.errors import ServerError
 from streamproc.faults import die_now, fault_point
 from streamproc.metrics import SNAPSHOTTED
+from streamproc.models import COMPLETED
 from streamproc.replies import id_key, text
 from streamproc.runloop import TRANSIENT, Backoff, sleep_or_stop
 from streamproc.transport import Message, StageStream, parse_entry
@@ -70,6 +73,9 @@ class SnapshotLoop:
         self.outcomes: dict[str, int] = {"facts": 0, "files": 0, "dead_lettered": 0}
         # Entry id → its NDJSON row (facts.fact_row); the highest id names the file.
         self._buffer: dict[bytes, bytes] = {}
+        # Ids of buffered completions an earlier version counted on the boards as it committed
+        # them (facts.on_boards): registering their file must not count them again.
+        self._on_boards: set[bytes] = set()
         self._fault = fault_point("snapshot")
         self._compaction: asyncio.Task[None] | None = None
         # The file being written and registered while the next batch is read (one at a time).
@@ -174,11 +180,13 @@ class SnapshotLoop:
         buffer = self._buffer
         odd: list[Message] = []
         for msg_id, fields in entries:
-            row = row_of_entry(msg_id, fields) if isinstance(fields, list) else None
-            if row is None:
+            got = row_of_entry(msg_id, fields) if isinstance(fields, list) else None
+            if got is None:
                 odd.append(parse_entry(msg_id, fields or []))  # says what is wrong, or is fine
             else:
-                buffer[msg_id] = row
+                buffer[msg_id] = got[0]
+                if got[1]:
+                    self._on_boards.add(msg_id)
         if odd:
             await self._take(odd)
 
@@ -202,11 +210,14 @@ class SnapshotLoop:
                     message.deliveries,
                 )
             self._buffer[message.msg_id] = row
+            if on_boards(message.state == COMPLETED, message.boards_pending):
+                self._on_boards.add(message.msg_id)
 
     async def _dead_letter(self, message: Message, error: str) -> None:
         log.error("snapshot: dead-lettering entry %s: %s", text(message.msg_id), error)
         await self.stream.dead_letter(message, error)
         self._buffer.pop(message.msg_id, None)
+        self._on_boards.discard(message.msg_id)
         self.outcomes["dead_lettered"] += 1
         self.metrics.dead_letters.inc()
 
@@ -215,7 +226,8 @@ class SnapshotLoop:
         overlaps writing this one (DuckDB works in a thread, outside the GIL)."""
         await self._settle_flush()
         batch, self._buffer = self._buffer, {}
-        self._flushing = asyncio.create_task(self._write_and_register(batch, stop))
+        counted, self._on_boards = self._on_boards, set()
+        self._flushing = asyncio.create_task(self._write_and_register(batch, counted, stop))
 
     async def _settle_flush(self) -> None:
         """Wait for the write in flight; its error (if any) surfaces here."""
@@ -223,30 +235,36 @@ class SnapshotLoop:
             task, self._flushing = self._flushing, None
             await task
 
-    async def _write_and_register(self, batch: dict[bytes, bytes], stop: asyncio.Event) -> None:
+    async def _write_and_register(
+        self, batch: dict[bytes, bytes], counted: set[bytes], stop: asyncio.Event
+    ) -> None:
         started = time.perf_counter()
         self._writing = len(batch)
         try:
-            await self._write_batch(batch, stop)
+            await self._write_batch(batch, counted, stop)
         except TRANSIENT:
             # Still pending and ours: back into the buffer for the next file.
             for msg_id, row in batch.items():
                 self._buffer.setdefault(msg_id, row)
+            self._on_boards |= counted
             raise
         finally:
             self._writing = 0
             self.metrics.processing.observe(time.perf_counter() - started)
 
-    async def _write_batch(self, batch: dict[bytes, bytes], stop: asyncio.Event) -> None:
+    async def _write_batch(
+        self, batch: dict[bytes, bytes], counted: set[bytes], stop: asyncio.Event
+    ) -> None:
         ids = sorted(batch, key=id_key)  # in stream order: the fence reads their range
         last_id = text(ids[-1])
         on_half = die_now if self._fault == "mid_write" else None
         rows = list(batch.values())
-        name, info = await asyncio.to_thread(self.store.write_rows, rows, last_id, on_half)
+        seqs = {seq_of(msg_id) for msg_id in counted}
+        name, info, boards = await asyncio.to_thread(self._write_file, rows, last_id, seqs, on_half)
         if self._fault == "before_register":
             die_now()
         while True:
-            status, version = await self._register(name, info, ids)
+            status, version = await self._register(name, info, ids, boards)
             if status == "ok":
                 self.outcomes["facts"] += len(ids)
                 self.outcomes["files"] += 1
@@ -263,7 +281,25 @@ class SnapshotLoop:
                 return
             await asyncio.sleep(HELD_RETRY_S)  # held by a leaderboard rebuild
 
-    async def _register(self, name: str, info: FileInfo, ids: list[bytes]) -> tuple[str, int]:
+    def _write_file(
+        self,
+        rows: list[bytes],
+        last_id: str,
+        counted: set[int],
+        on_half: Callable[[], None] | None,
+    ) -> tuple[str, FileInfo, list[Any]]:
+        """Write the file, and sum its completions for the boards but the `counted` seqs
+        (blocking)."""
+        name, info = self.store.write_rows(rows, last_id, on_half)
+        try:
+            return name, info, file_rows(str(self.store.root / name), counted)
+        except BaseException:
+            self.store.delete(name)
+            raise
+
+    async def _register(
+        self, name: str, info: FileInfo, ids: list[bytes], boards: list[Any]
+    ) -> tuple[str, int]:
         keys = self.ctx.keys
         reply = await self.ctx.scripts.run(
             "snapshot_register",
@@ -273,9 +309,21 @@ class SnapshotLoop:
                 keys.snapshot_version,
                 keys.kpi_cache,
                 keys.leaderboard_rebuild,
+                keys.leaderboard_currencies(),
             ],
-            [self.stream.group, self.stream.consumer, name, encode_info(info), *ids],
+            [
+                self.stream.group,
+                self.stream.consumer,
+                name,
+                encode_info(info),
+                keys.leaderboard_prefix(),
+                len(ids),
+                *ids,
+                *boards,
+            ],
         )
+        if len(reply) > 2:
+            log.error("snapshot: the leaderboards could not take %s: %s", name, text(reply[2]))
         return text(reply[0]), int(reply[1])
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:

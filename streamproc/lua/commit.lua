@@ -3,24 +3,22 @@
 -- A transition is applied only while the order still waits for this stage in this attempt
 -- (field k = stage, field a = attempt): a replayed or stale message is just acked (fencing).
 -- An item with an empty to_state is ack-only (stages with no state change, e.g. notify).
--- A completion is added to the leaderboards in the same step, so they count each order exactly
--- once; while a rebuild runs (its marker key exists) it is added to the staging boards as well.
--- The completions are summed per customer and per SKU in Lua and written once per batch
--- (lib/leaderboard.lua): per currency one ZMSCORE, ZADD, HMGET and HSET for the customers and the
--- same for the products, and one SADD of the currencies -- per batch, not per order.
 -- A terminal order's entries carry r=1 when the order reached a terminal state before (it was
 -- re-submitted or its dead letter retried), so the analytics keep only its latest outcome.
--- Per order it costs one HMGET, one HSET and one XADD per output; the leaderboards, the acks, the
--- state counters and the day's counters are written once per batch. Should a call fail half-way,
--- everything decided before the failure is still acked, counted and added to the leaderboards
--- before the error is returned, so a retry finds those messages stale and every figure right.
+-- A completion's entry in the facts stream carries b=1: the leaderboards have not counted it
+-- yet. They count it when the snapshot stage registers the file that holds it
+-- (snapshot_register.lua), so the boards always equal the registered store; entries without the
+-- field were written by earlier versions, which counted the completion here.
+-- Per order it costs one HMGET, one HSET and one XADD per output; the acks, the state counters
+-- and the day's counters are written once per batch. Should a call fail half-way, everything
+-- decided before the failure is still acked and counted before the error is returned, so a retry
+-- finds those messages stale and every figure right.
 -- KEYS[1] source stream   KEYS[2] state counts   KEYS[3 .. 2+m] output streams 1..m
 -- KEYS[3+m] today's counters hash (terminal states, and revenue per currency of completed orders)
--- KEYS[4+m] this second's throughput counter   KEYS[5+m] leaderboard rebuild marker
--- KEYS[5+m+i] order hash of the i-th item
+-- KEYS[4+m] this second's throughput counter   KEYS[4+m+i] order hash of the i-th item
 -- ARGV[1] group   ARGV[2] stage   ARGV[3] now (ms)   ARGV[4] count n   ARGV[5] outputs m
--- ARGV[6] leaderboard key prefix   ARGV[7] staging leaderboard key prefix
--- ARGV[8] number of transitions t, then 3 per transition: to_state, next stage ("" when
+-- ARGV[6] the output (1..m) whose completion entries carry b=1 (0: none)
+-- ARGV[7] number of transitions t, then 3 per transition: to_state, next stage ("" when
 --         terminal), outputs ("", or digits 1..m)
 -- then 6 per item: msg id, order id, attempt, transition (1..t), note (stored in field p when
 --                  not ""), revenue ("<currency>:<cents>" for a completion, else "")
@@ -28,27 +26,27 @@
 -- then, for each applied item whose new state is terminal (in item order), the ms since its order
 -- was submitted (-1 when unknown): the end-to-end latency, at the cost of one more HMGET field.
 -- include: ms
--- include: leaderboard
 -- include: tally
 -- include: submitted
 -- include: order
 local group, stage, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now_ms = tonumber(now)
-local m, lb_live, lb_staging = tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local K_DAY, K_TPUT, K_REBUILD, K_ORDERS = 3 + m, 4 + m, 5 + m, 5 + m
+local m, boards_output = tonumber(ARGV[5]), tonumber(ARGV[6])
+local K_DAY, K_TPUT, K_ORDERS = 3 + m, 4 + m, 4 + m
 -- Keyed by the items' argument itself ("1", "2", ...), with each output's stream key looked up
 -- here once: per item, a table lookup instead of a string-to-number conversion per field.
-local transitions, t_count = {}, tonumber(ARGV[8])
+-- Per output also whether its entries carry b=1 (a completion's entry in the facts stream).
+local transitions, t_count = {}, tonumber(ARGV[7])
 for t = 1, t_count do
-  local outputs, streams = ARGV[8 + 3 * t], {}
+  local to_state, outputs, streams, flagged = ARGV[5 + 3 * t], ARGV[7 + 3 * t], {}, {}
   for j = 1, #outputs do
-    streams[j] = KEYS[2 + tonumber(string.sub(outputs, j, j))]
+    local out = tonumber(string.sub(outputs, j, j))
+    streams[j] = KEYS[2 + out]
+    flagged[j] = to_state == "completed" and out == boards_output
   end
-  transitions[tostring(t)] = { ARGV[6 + 3 * t], ARGV[7 + 3 * t], streams }
+  transitions[tostring(t)] = { to_state, ARGV[6 + 3 * t], streams, flagged }
 end
-local first = 8 + 3 * t_count
-local rebuilding -- looked up at the first completion
-local live, staging -- the completions' leaderboard sums, written once after the batch
+local first = 7 + 3 * t_count
 local terminals = 0
 local terminal = { completed = true, failed = true, rolled_back = true }
 -- Revenue is summed per currency in Lua numbers while they stay exact (below 2^53 cents).
@@ -75,17 +73,6 @@ local function apply()
         out[i] = -1
       else
         if order_awaits(cur[3], cur[2], stage, attempt) then
-          local figures
-          -- A completion's payload is decoded first: decoding is what can fail, and then the
-          -- order must stay as it was.
-          if to_state == "completed" then
-            if rebuilding == nil then
-              rebuilding = redis.call("EXISTS", KEYS[K_REBUILD]) == 1
-              live = lb_batch(lb_live, lb_live .. "currencies")
-              staging = lb_batch(lb_staging, lb_staging .. "currencies")
-            end
-            figures = lb_decode_order(cur[4])
-          end
           local note = ARGV[b + 5]
           local history = order_advance(cur[5], cur[6], to_state, now_ms)
           if note ~= "" then
@@ -93,20 +80,19 @@ local function apply()
           else
             redis.call("HSET", key, "s", to_state, "k", transition[2], "h", history)
           end
-          -- Counted once its state moved (the sums cannot fail), written after the batch.
-          if figures then
-            lb_add_order(live, figures)
-            if rebuilding then
-              lb_add_order(staging, figures)
-            end
-          end
-          local outputs = transition[3]
+          local outputs, flagged = transition[3], transition[4]
           local prior = terminal[to_state] and (attempt ~= "1" or order_was_dead_lettered(cur[5]))
           for j = 1, #outputs do
             local target = outputs[j]
-            if prior then
+            if prior and flagged[j] then
+              redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
+                "d", cur[4], "c", cur[6] or "0", "r", "1", "b", "1")
+            elseif prior then
               redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
                 "d", cur[4], "c", cur[6] or "0", "r", "1")
+            elseif flagged[j] then
+              redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
+                "d", cur[4], "c", cur[6] or "0", "b", "1")
             else
               redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
                 "d", cur[4], "c", cur[6] or "0")
@@ -145,16 +131,6 @@ local function apply()
 end
 
 local ok, err = pcall(apply)
--- The boards get the completions applied before any failure, like the acks and counters below.
--- Should the flush itself fail (a board key of the wrong type), those orders have moved on all
--- the same and are acked: their board figures are lost, as a retry would find them stale.
-local flushed, flush_err = true, nil
-if live then
-  flushed, flush_err = pcall(function()
-    lb_flush(live)
-    lb_flush(staging)
-  end)
-end
 for i = 1, #acks, 1000 do
   redis.call("XACK", KEYS[1], group, unpack(acks, i, math.min(i + 999, #acks)))
 end
@@ -175,9 +151,6 @@ if terminals > 0 then
 end
 if not ok then
   error(err)
-end
-if not flushed then
-  error(flush_err)
 end
 for i = 1, #latencies do
   out[n + i] = latencies[i]

@@ -1,9 +1,10 @@
 -- lb_rebuild_begin.lua: start a leaderboard rebuild. In one step: refuse if one runs, empty the
--- staging boards, set the marker (from now on every completion also goes to the staging boards
--- and the snapshot stage registers no file), and return what the rebuild must add up: the
--- manifest's files, plus the completions not in them, which are exactly the facts-stream entries
--- not yet acked (pending: ids up to the group's last-delivered id; never delivered: after it, up
--- to the stream's last id). Nothing acks them while the marker stands.
+-- staging boards, set the marker (from now on the snapshot stage registers no file, and an
+-- earlier version's commits add their completions to the staging boards too), and return what
+-- the rebuild must add up: the manifest's files, plus the facts-stream entries not yet acked
+-- (pending: ids up to the group's last-delivered id; never delivered: after it, up to the
+-- stream's last id), of which it counts the completions an earlier version had already put on
+-- the live boards. Nothing acks them while the marker stands.
 -- KEYS[1] marker  KEYS[2] staging currencies set  KEYS[3] facts stream  KEYS[4] manifest hash
 -- ARGV[1] token  ARGV[2] marker TTL (ms)  ARGV[3] staging key prefix  ARGV[4] facts group
 -- ARGV[5..] board names (keys.BOARDS)

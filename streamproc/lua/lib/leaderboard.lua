@@ -1,13 +1,14 @@
 -- leaderboard.lua (included, not a script): add completed orders to the leaderboards of their
--- currency. Key names are `<prefix><CUR>:<board>` as built by keys.Keys.leaderboard. Every
--- figure is additive, the dates keep their minimum / maximum and a name is the one on the
--- customer's (SKU's) latest order by (order_date, order_id), so adding in any order or merging
--- partial sums gives the same board. Amounts are integer cents, exact below 2^53.
--- A script sums its orders (or merge rows) per customer and per SKU in Lua tables first
--- (lb_batch, lb_add_*) and writes them with lb_flush: per currency and per 500 customers (SKUs)
--- one ZMSCORE, one ZADD, one HMGET and at most one HSET, and one SADD of the batch's currencies;
--- an order costs no command of its own. Each customer's and SKU's figures besides the score
--- are one card (one hash field), read and written back whole (the script is atomic).
+-- currency, as rows summed per customer and per SKU (a registered file's, or a rebuild's). Key
+-- names are `<prefix><CUR>:<board>` as built by keys.Keys.leaderboard. Every figure is
+-- additive, the dates keep their minimum / maximum and a name is the one on the customer's
+-- (SKU's) latest order by (order_date, order_id), so adding in any order or merging partial
+-- sums gives the same board. Amounts are integer cents, exact below 2^53.
+-- A script sums its rows per customer and per SKU in Lua tables first (lb_batch, lb_add_*) and
+-- writes them with lb_flush: per currency and per 500 customers (SKUs) one ZMSCORE, one ZADD,
+-- one HMGET and at most one HSET, and one SADD of the batch's currencies; a row costs no
+-- command of its own. Each customer's and SKU's figures besides the score are one card (one
+-- hash field), read and written back whole (the script is atomic).
 -- The sums are arrays, not records with named fields: filling hash parts cost Lua about 5% more
 -- of the server's instructions per order (callgrind), a third of what the batching saves.
 local LB_EXACT = 9007199254740992
@@ -70,40 +71,20 @@ local function lb_add_product(batch, cur, sku, units, cents, orders, name, last)
   end
 end
 
--- One completed order's figures from its stored payload (models.Order, array-like JSON:
--- [order_id, customer_id, customer_name, currency, order_date, [[sku, name, qty, cents]...], email]):
--- { currency, customer id, name, order date, "<order_date>|<order_id>", total cents, per SKU
--- { sku, units, cents, the last non-empty line name } }. This is the part that can fail (a bad
--- payload) and it writes nothing, so a caller decodes first and adds (lb_add_order, which cannot
--- fail) only once the order is sure to be applied.
-local function lb_decode_order(payload)
-  local o = cjson.decode(payload)
-  local date = o[5] .. ""
-  local total, lines, per, n = 0, {}, {}, 0
-  for _, ln in ipairs(o[6]) do
-    local sku, amount = ln[1] .. "", ln[3] * ln[4]
-    total = total + amount
-    local p = per[sku]
-    if not p then
-      p = { sku, 0, 0, "" }
-      per[sku] = p
-      n = n + 1
-      lines[n] = p
+-- Merge rows (analytics/boardsums.py) from ARGV[from] on, 9 values each: kind ("c" customer |
+-- "p" product), currency, id (customer id | SKU), amount (customer: cents spent | product:
+-- units), revenue cents (product) or "", orders, name, first order date (customer) or "",
+-- last key "<order_date>|<order_id>".
+local function lb_add_rows(batch, from)
+  for b = from, #ARGV, 9 do
+    local cur = ARGV[b + 1]
+    if ARGV[b] == "c" then
+      lb_add_customer(batch, cur, ARGV[b + 2], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 5]),
+        ARGV[b + 6], ARGV[b + 7], ARGV[b + 8])
+    else
+      lb_add_product(batch, cur, ARGV[b + 2], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]),
+        tonumber(ARGV[b + 5]), ARGV[b + 6], ARGV[b + 8])
     end
-    p[2], p[3] = p[2] + ln[3], p[3] + amount
-    if ln[2] ~= "" then
-      p[4] = ln[2] .. ""
-    end
-  end
-  return { o[4] .. "", lb_format("%.0f", o[2]), o[3] .. "", date, date .. "|" .. o[1], total,
-    lines }
-end
-
-local function lb_add_order(batch, d)
-  local cur, key = d[1], d[5]
-  lb_add_customer(batch, cur, d[2], d[6], 1, d[3], d[4], key)
-  for _, p in ipairs(d[7]) do
-    lb_add_product(batch, cur, p[1], p[2], p[3], 1, p[4], key)
   end
 end
 
