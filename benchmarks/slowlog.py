@@ -41,7 +41,9 @@ ITEMS: dict[str, Items] = {
     "ingest": lambda argv, numkeys, argc: numkeys - 5,
     "notify_claim": lambda argv, numkeys, argc: numkeys - 3,
     "notify_settle": lambda argv, numkeys, argc: (argc - 3 - numkeys - 3) // 5,
-    "snapshot_register": lambda argv, numkeys, argc: int(argv[3 + numkeys + 5]),
+    "snapshot_register": lambda argv, numkeys, argc: argc - 3 - numkeys - 5,
+    # Board rows (customers and SKUs of a file), not orders.
+    "lb_apply": lambda argv, numkeys, argc: (argc - 3 - numkeys - 4) // 9,
 }
 
 

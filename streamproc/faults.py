@@ -4,7 +4,8 @@ STREAMPROC_FAULT_POISON=<order id> makes every handler raise on that order, like
 Points: before_effect (batch read, nothing done), after_effect (effects applied, not committed),
 after_commit (transition + next XADD + XACK done; the commit and the ack are one atomic step here,
 so this is also "after the ack"). The snapshot stage has its own: mid_write (a file's temp data
-written, the Parquet not yet in place) and before_register (in place, not yet in the manifest);
+written, the Parquet not yet in place), before_register (in place, not yet in the manifest) and
+mid_boards (registered, half of its leaderboard chunks added, rounded down);
 so has notify: after_send (the log line or email sent, the record not yet marked sent).
 Unset, the hook is a None check per batch.
 """
@@ -20,6 +21,7 @@ POINTS = (
     "after_commit",
     "mid_write",
     "before_register",
+    "mid_boards",
     "after_send",
 )
 

@@ -234,6 +234,13 @@ class Keys:
         return f"{self.leaderboard_prefix(staging)}currencies"
 
     @property
+    def leaderboard_pending(self) -> str:
+        """Hash registered file name → `<chunks applied>|<chunks>|<rows per chunk>|<ms>|<seqs>`
+        while the file's completions are being added to the boards a chunk at a time
+        (lb_apply.lua); `seqs` (comma-separated) are its facts an earlier version had counted."""
+        return f"{self._pipe}:lb:pending"
+
+    @property
     def leaderboard_rebuild(self) -> str:
         """Marker (with a TTL) while a rebuild runs: the snapshot stage holds new files back so
         the rebuild's source stays fixed (an earlier version's commits add to the staging

@@ -40,14 +40,17 @@ class Status(msgspec.Struct):
     orders: dict[str, int]
     dead_letters: int
     stock: dict[str, StockStatus]
+    # Registered snapshot files whose completions are still being added to the leaderboards.
+    boards_pending: int = 0
 
     def drained(self) -> bool:
-        """Every stage has nothing left to read or ack, and no order is mid-workflow."""
+        """Every stage has nothing left to read or ack, no order is mid-workflow, and the
+        leaderboards hold every registered file."""
         streams_idle = all(s.lag == 0 and s.pending == 0 for s in self.stages.values())
         in_progress = sum(
             v for k, v in self.orders.items() if k in STATES and k not in TERMINAL_STATES
         )
-        return streams_idle and in_progress == 0
+        return streams_idle and in_progress == 0 and self.boards_pending == 0
 
 
 def _group_lag(client: redis.Redis, stream: str, group: dict[str, Any], last_id: Any) -> int:
@@ -104,7 +107,10 @@ def collect_status(client: redis.Redis, keys: Keys) -> Status:
         row.sku: StockStatus(row.available, row.reserved, row.committed)
         for row in show_stock(client, keys)
     }
-    return Status(stages=stages, orders=orders, dead_letters=dead, stock=stock)
+    boards = int(client.hlen(keys.leaderboard_pending))
+    return Status(
+        stages=stages, orders=orders, dead_letters=dead, stock=stock, boards_pending=boards
+    )
 
 
 def wait_drained(

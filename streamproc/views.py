@@ -35,7 +35,10 @@ def print_status(status: Status) -> None:
     )
     click.echo("")
     table(["state", "orders"], list(status.orders.items()))
-    click.echo(f"\ndead letters: {status.dead_letters}\n")
+    click.echo(f"\ndead letters: {status.dead_letters}")
+    if status.boards_pending:
+        click.echo(f"snapshot files still being added to the leaderboards: {status.boards_pending}")
+    click.echo("")
     table(
         ["sku", "available", "reserved", "committed"],
         [[sku, s.available, s.reserved, s.committed] for sku, s in status.stock.items()],

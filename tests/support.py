@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from benchmarks.generate import HEADER
-from streamproc.keys import Keys
+from streamproc.keys import BOARDS, Keys
 from tests.helpers import run_cli, spawn_cli, stop_procs
 
 __all__ = ["HEADER"]
@@ -153,6 +153,19 @@ def stock_show(env: dict[str, str]) -> dict[str, dict[str, Any]]:
     """`stock show --json` by SKU."""
     rows = json.loads(cli(["stock", "show", "--json"], env).stdout)
     return {row["sku"]: row for row in rows}
+
+
+def raw_boards(r: redis.Redis) -> dict[str, Any]:
+    """Every live leaderboard key, as stored (scores, info hashes) and the currencies set."""
+    out: dict[str, Any] = {"currencies": r.smembers(KEYS.leaderboard_currencies())}
+    for currency in out["currencies"]:
+        for board in BOARDS:
+            key = KEYS.leaderboard(currency, board)
+            if r.type(key) == "zset":
+                out[key] = r.zrange(key, 0, -1, withscores=True)
+            else:
+                out[key] = r.hgetall(key)
+    return out
 
 
 def status_json(env: dict[str, str]) -> dict[str, Any]:

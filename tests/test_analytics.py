@@ -39,14 +39,14 @@ from streamproc.analytics.store import FactStore, FileInfo, load_manifest_sync, 
 from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.gateway import simulated_outcome
-from streamproc.keys import BOARDS, STAGES, Keys
+from streamproc.keys import STAGES, Keys
 from streamproc.lua import SyncScripts
 from streamproc.models import Line, Order, encode_order
 from streamproc.settings import Settings
 from streamproc.transport import StageStream, ensure_groups
 from tests.helpers import stop_procs
 from tests.invariants import order_ids_in, split_orders_csv, write_products
-from tests.support import TERMINAL, cli, export, status_json, write_orders
+from tests.support import TERMINAL, cli, export, raw_boards, status_json, write_orders
 from tests.support import Fleet as SupportFleet
 
 KEYS = Keys()
@@ -328,19 +328,6 @@ def assert_boards(url: str, orders: dict[str, dict[str, Any]], currency: str) ->
     assert products == expected_product_board(orders, currency), currency
 
 
-def raw_boards(r: redis.Redis) -> dict[str, Any]:
-    """Every live leaderboard key, as stored (scores, info hashes) and the currencies set."""
-    out: dict[str, Any] = {"currencies": r.smembers(KEYS.leaderboard_currencies())}
-    for currency in out["currencies"]:
-        for board in BOARDS:
-            key = KEYS.leaderboard(currency, board)
-            if r.type(key) == "zset":
-                out[key] = r.zrange(key, 0, -1, withscores=True)
-            else:
-                out[key] = r.hgetall(key)
-    return out
-
-
 # --- two snapshot writers racing on the same entries ------------------------------------------
 
 
@@ -447,9 +434,8 @@ def test_racing_snapshot_writers_register_each_fact_once(
         return await ctx.scripts.run(
             "snapshot_register",
             [stream, KEYS.snapshot_files, KEYS.snapshot_version, KEYS.kpi_cache,
-             KEYS.leaderboard_rebuild, KEYS.leaderboard_currencies()],
-            [group, "snap-c", "facts-extra.parquet", b"{}", KEYS.leaderboard_prefix(), 2,
-             *ids[:2]],
+             KEYS.leaderboard_rebuild, KEYS.leaderboard_pending],
+            [group, "snap-c", "facts-extra.parquet", b"{}", "", *ids[:2]],
         )  # fmt: skip
 
     status, _ = run_async(again, redis_url)
@@ -955,8 +941,8 @@ def test_register_fence_lists_pending_ids_and_claims_only_when_the_list_is_not_e
 
     def register(name: str, ids: list[str]) -> str:
         keys = [stream, KEYS.snapshot_files, KEYS.snapshot_version, KEYS.kpi_cache,
-                KEYS.leaderboard_rebuild, KEYS.leaderboard_currencies()]  # fmt: skip
-        args = [group, "a", name, b"{}", KEYS.leaderboard_prefix(), len(ids), *ids]
+                KEYS.leaderboard_rebuild, KEYS.leaderboard_pending]  # fmt: skip
+        args = [group, "a", name, b"{}", "", *ids]
         status, *_ = scripts.run("snapshot_register", keys, args)
         return cast(str, status)
 

@@ -436,6 +436,7 @@ def test_scripts_benchmark_profiles_every_stage_and_script(tmp_path: Path) -> No
         "notify_claim",
         "notify_settle",
         "snapshot_register",
+        "lb_apply",
     ):
         assert scripts[name]["calls"] > 0, name
         assert scripts[name]["us_per_call"] > 0, name

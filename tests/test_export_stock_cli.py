@@ -212,7 +212,8 @@ def test_stock_set_rejects_bad_input_in_one_line(
 
 def _check_status_shape(status: dict[str, object]) -> None:
     """Exactly the documented keys, every number an int."""
-    assert set(status) == {"stages", "orders", "dead_letters", "stock"}
+    assert set(status) == {"stages", "orders", "dead_letters", "stock", "boards_pending"}
+    assert type(status["boards_pending"]) is int
     stages = status["stages"]
     assert isinstance(stages, dict)
     assert set(stages) == set(STAGES)

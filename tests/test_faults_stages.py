@@ -51,6 +51,7 @@ from tests.support import (
     generated_orders,
     notification_lines,
     one_line,
+    raw_boards,
     status_json,
     stock_show,
     write_orders,
@@ -59,7 +60,7 @@ from tests.support import (
 KEYS = Keys()
 POINTS = ("before_effect", "after_effect", "after_commit")
 # The snapshot stage is a sink with its own loop and its own fault points.
-SNAPSHOT_POINTS = ("mid_write", "before_register")
+SNAPSHOT_POINTS = ("mid_write", "before_register", "mid_boards")
 FAULT_CASES = [(stage, point) for stage in STAGES if stage != "snapshot" for point in POINTS] + [
     ("snapshot", point) for point in SNAPSHOT_POINTS
 ]
@@ -133,6 +134,12 @@ def assert_fault_point_reached(r: redis.Redis, stage: str, point: str, consumer:
     """Right after the kill: the victim's batch is still pending, with or without its effects."""
     if point == "after_commit":
         return  # its batch was committed and acked: nothing of it is left to look at
+    if point == "mid_boards":
+        # Registered and acked, its completions not yet all on the leaderboards.
+        (name,) = r.hkeys(KEYS.leaderboard_pending)
+        assert r.hexists(KEYS.snapshot_files, name)
+        assert victim_pending_orders(r, stage, consumer) == []
+        return
     owned = victim_pending_orders(r, stage, consumer)
     assert owned, f"{consumer} died owning nothing at {point}"
     if stage == "snapshot":
@@ -199,6 +206,13 @@ def test_consumer_killed_at_fault_point_is_replaced_without_loss_or_repeat(
     assert owners.get(victim, 0) == 0, owners
     # Every terminal order is in the analytics store exactly once, with its final state.
     assert_store_holds_each_once(r, env, {oid: o["state"] for oid, o in orders.items()})
+    if stage == "snapshot":
+        # INV-D: the leaderboards are what a recomputation from that store gives, key for key.
+        assert not r.exists(KEYS.leaderboard_pending)
+        boards = raw_boards(r)
+        assert boards["currencies"], boards
+        assert json.loads(cli(["leaderboard", "rebuild", "--json"], env).stdout)["customers"] > 0
+        assert raw_boards(r) == boards
 
 
 def assert_store_holds_each_once(

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import redis
 
+from streamproc.analytics import snapshotter
+from streamproc.analytics.boardsums import Pending, parse_pending
 from streamproc.analytics.leaderboard import (
     CustomerCard,
     ProductEntry,
@@ -35,6 +37,7 @@ from streamproc.analytics.store import FactStore
 from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.keys import BOARDS
+from streamproc.lua import SyncScripts
 from streamproc.models import Line, Order, encode_order
 from streamproc.settings import Settings
 from streamproc.transport import Decision, StageStream, ensure_groups
@@ -117,7 +120,12 @@ def put_orders(r: redis.Redis, orders: list[Order], payloads: dict[str, bytes]) 
 
 
 def complete_and_register(
-    redis_url: str, root: Path, orders: list[Order], sizes: list[int], payloads: dict[str, bytes]
+    redis_url: str,
+    root: Path,
+    orders: list[Order],
+    sizes: list[int],
+    payloads: dict[str, bytes],
+    claim_idle_ms: int = 15_000,
 ) -> list[dict[str, int]]:
     """Complete every order at finalize in batches of the given sizes, each batch's facts then
     written and registered as a file of its own by the one-shot snapshot stage; per batch what
@@ -126,7 +134,9 @@ def complete_and_register(
     async def main() -> list[dict[str, int]]:
         client = async_client(redis_url)
         try:
-            settings = Settings(redis_url=redis_url, analytics_dir=root)
+            settings = Settings(
+                redis_url=redis_url, analytics_dir=root, claim_idle_ms=claim_idle_ms
+            )
             ctx = StageContext.build(settings, client)
             await ensure_groups(client, KEYS)
             for o in orders:
@@ -353,6 +363,98 @@ def test_completions_an_earlier_version_counted_are_not_counted_again(
     report = rebuild_boards(redis_url, tmp_path)
     assert (report.unsnapshotted_orders, report.facts_files) == (0, 1)
     assert stored_boards(r) == expected_boards(earlier + later)
+
+
+def test_a_file_goes_to_the_boards_in_chunks_each_added_once(
+    redis_url: str, r: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file's rows are added CHUNK_ROWS at a time, each chunk its own script call; a chunk
+    sent again, or out of turn, is refused and adds nothing."""
+    monkeypatch.setattr(snapshotter, "CHUNK_ROWS", 7)
+    calls: list[tuple[str, int, str]] = []
+    real = SnapshotLoop._apply_chunk
+
+    async def spy(self: SnapshotLoop, name: str, number: int, rows: list[Any]) -> list[Any]:
+        reply = await real(self, name, number, rows)
+        calls.append((name, number, reply[0].decode()))
+        return reply
+
+    monkeypatch.setattr(SnapshotLoop, "_apply_chunk", spy)
+    orders = random_orders(random.Random(12), 120)
+    put_orders(r, orders, {})
+    complete_and_register(redis_url, tmp_path, orders, [50, 70], {})
+    assert stored_boards(r) == expected_boards(orders)
+    assert not r.exists(KEYS.leaderboard_pending)
+    files = sorted({name for name, _, _ in calls})
+    assert len(files) == 2
+    for name in files:
+        numbers = [n for f, n, _ in calls if f == name]
+        assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) > 2, numbers
+    assert {status for _, _, status in calls} == {"ok"}
+    # The last chunk of the second file once more: its record is gone, nothing is added.
+    scripts = SyncScripts.register(r)
+    again = [KEYS.leaderboard_pending, KEYS.leaderboard_currencies()]
+    row = ["c", "USD", "1", "100", "", "1", "Again", "2025-11-10", "2025-11-10|X"]
+    assert scripts.run("lb_apply", again, [files[1], 3, 1, KEYS.leaderboard_prefix(), *row]) == [
+        "gone"
+    ]
+    # Out of turn: chunk 3 while chunk 1 is the next one.
+    r.hset(KEYS.leaderboard_pending, "f", Pending(0, 4, 7, 1, []).encode())
+    reply = scripts.run("lb_apply", again, ["f", 3, 1, KEYS.leaderboard_prefix(), *row])
+    assert reply == ["taken", 0]
+    assert stored_boards(r) == expected_boards(orders)
+
+
+def test_chunks_a_consumer_left_unfinished_are_finished_once_from_the_file(
+    redis_url: str, r: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer that stops after some of a file's chunks (it died) leaves the file's record:
+    once it has not moved for the reclaim time, another consumer sums the file again and adds
+    the chunks after those that are in. A rebuild instead takes the file whole and drops the
+    record. Compaction leaves such a file alone until its chunks are in."""
+    monkeypatch.setattr(snapshotter, "CHUNK_ROWS", 5)
+    real = SnapshotLoop._add_to_boards
+
+    async def stop_after_two(
+        self: SnapshotLoop, name: str, chunks: list[list[Any]], applied: int
+    ) -> None:
+        await real(self, name, chunks[:2], applied)  # the third never comes: a crash
+
+    orders = random_orders(random.Random(13), 60)
+    put_orders(r, orders, {})
+    with monkeypatch.context() as crash:
+        crash.setattr(SnapshotLoop, "_add_to_boards", stop_after_two)
+        complete_and_register(redis_url, tmp_path, orders[:30], [30], {})
+    (name,) = r.hkeys(KEYS.leaderboard_pending)
+    pending = parse_pending(r.hget(KEYS.leaderboard_pending, name) or "")
+    assert pending is not None and (pending.applied, pending.rows_per_chunk) == (2, 5)
+    assert pending.chunks > 2
+    assert stored_boards(r) != expected_boards(orders[:30])
+    # Compaction refuses a file whose chunks are not all in.
+    scripts = SyncScripts.register(r)
+    compact_keys = [KEYS.snapshot_files, KEYS.snapshot_trash, KEYS.leaderboard_rebuild,
+                    KEYS.leaderboard_pending]  # fmt: skip
+    assert scripts.run("snapshot_compact", compact_keys, ["m", "{}", 1, name]) == "held"
+    # Not yet stalled (the record moved less than the reclaim time ago): left alone.
+    complete_and_register(redis_url, tmp_path, [], [0], {}, claim_idle_ms=600_000)
+    assert r.hexists(KEYS.leaderboard_pending, name)
+    # Stalled: finished by the next consumer, from the third chunk on.
+    complete_and_register(redis_url, tmp_path, orders[30:], [30], {}, claim_idle_ms=10)
+    assert not r.exists(KEYS.leaderboard_pending)
+    assert stored_boards(r) == expected_boards(orders)
+
+    # A rebuild while a file's chunks are unfinished counts it whole and drops its record.
+    more = random_orders(random.Random(14), 30)
+    put_orders(r, more, {})
+    with monkeypatch.context() as crash:
+        crash.setattr(SnapshotLoop, "_add_to_boards", stop_after_two)
+        complete_and_register(redis_url, tmp_path, more, [30], {})
+    assert r.hlen(KEYS.leaderboard_pending) == 1
+    rebuild_boards(redis_url, tmp_path)
+    assert not r.exists(KEYS.leaderboard_pending)
+    assert stored_boards(r) == expected_boards(orders + more)
+    complete_and_register(redis_url, tmp_path, [], [0], {}, claim_idle_ms=10)
+    assert stored_boards(r) == expected_boards(orders + more)
 
 
 def test_a_board_that_cannot_be_written_leaves_the_file_registered(

@@ -24,7 +24,7 @@ from typing import Any, cast
 import msgspec
 import redis.asyncio as aredis
 
-from streamproc.analytics.boardsums import ROW_WIDTH, Rows, sum_source
+from streamproc.analytics.boardsums import CHUNK_ROWS, ROW_WIDTH, Rows, sum_source
 from streamproc.analytics.facts import on_boards, row_of_message
 from streamproc.analytics.store import FactStore, rows_sql, source_sql
 from streamproc.errors import StreamprocError
@@ -36,7 +36,6 @@ from streamproc.transport import parse_entry
 
 # The marker outlives a stalled rebuild by this much; each merged chunk renews it.
 MARKER_TTL_MS = 120_000
-CHUNK_ROWS = 2_000
 READ_PAGE = 1_000
 
 
@@ -166,6 +165,7 @@ async def rebuild(
                 keys.leaderboard_rebuild,
                 keys.leaderboard_currencies(),
                 keys.leaderboard_currencies(staging=True),
+                keys.leaderboard_pending,
             ],
             [token, keys.leaderboard_prefix(), staging, *BOARDS],
         )

@@ -14,10 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, cast
 
-from streamproc.analytics.boardsums import file_rows
+from streamproc.analytics.boardsums import CHUNK_ROWS, Pending, file_chunks, parse_pending
 from streamproc.analytics.facts import on_boards, row_of_entry, row_of_message, seq_of
 from streamproc.analytics.store import (
     TEMP_DIR,
@@ -76,6 +76,9 @@ class SnapshotLoop:
         # Ids of buffered completions an earlier version counted on the boards as it committed
         # them (facts.on_boards): registering their file must not count them again.
         self._on_boards: set[bytes] = set()
+        # Files whose stalled leaderboard chunks cannot be summed again, as they were (said once
+        # each; a rebuild drops their records).
+        self._lost_boards: set[str] = set()
         self._fault = fault_point("snapshot")
         self._compaction: asyncio.Task[None] | None = None
         # The file being written and registered while the next batch is read (one at a time).
@@ -102,6 +105,8 @@ class SnapshotLoop:
                 if task is not None:
                     await asyncio.gather(task, return_exceptions=True)
         if self.one_shot and self.fatal is None:
+            with contextlib.suppress(*TRANSIENT):
+                await self._finish_stalled_boards()
             await self.compact()
 
     async def _loop(self, stop: asyncio.Event) -> None:
@@ -259,17 +264,24 @@ class SnapshotLoop:
         last_id = text(ids[-1])
         on_half = die_now if self._fault == "mid_write" else None
         rows = list(batch.values())
-        seqs = {seq_of(msg_id) for msg_id in counted}
-        name, info, boards = await asyncio.to_thread(self._write_file, rows, last_id, seqs, on_half)
+        seqs = sorted(seq_of(msg_id) for msg_id in counted)
+        name, info, chunks = await asyncio.to_thread(self._write_file, rows, last_id, seqs, on_half)
         if self._fault == "before_register":
             die_now()
+        pending = Pending(0, len(chunks), CHUNK_ROWS, now_ms(), seqs) if chunks else None
         while True:
-            status, version = await self._register(name, info, ids, boards)
+            status, version = await self._register(name, info, ids, pending)
             if status == "ok":
                 self.outcomes["facts"] += len(ids)
                 self.outcomes["files"] += 1
                 self.metrics.settled({SNAPSHOTTED: len(ids)})
                 log.info("snapshot: %s holds %d facts (version %s)", name, len(ids), version)
+                try:
+                    await self._add_to_boards(name, chunks, 0)
+                except TRANSIENT as exc:
+                    # Registered and acked: the entries must not be written again. The file's
+                    # record stays, and housekeeping finishes its chunks once it looks stalled.
+                    log.warning("snapshot: leaderboard chunks of %s interrupted (%s)", name, exc)
                 return
             if status == "conflict" or stop.is_set():
                 # Another consumer registered some of these first, or we are stopping while a
@@ -285,20 +297,87 @@ class SnapshotLoop:
         self,
         rows: list[bytes],
         last_id: str,
-        counted: set[int],
+        counted: list[int],
         on_half: Callable[[], None] | None,
-    ) -> tuple[str, FileInfo, list[Any]]:
+    ) -> tuple[str, FileInfo, list[list[Any]]]:
         """Write the file, and sum its completions for the boards but the `counted` seqs
         (blocking)."""
         name, info = self.store.write_rows(rows, last_id, on_half)
         try:
-            return name, info, file_rows(str(self.store.root / name), counted)
+            return name, info, file_chunks(str(self.store.root / name), counted, CHUNK_ROWS)
         except BaseException:
             self.store.delete(name)
             raise
 
+    async def _add_to_boards(self, name: str, chunks: list[list[Any]], applied: int) -> None:
+        """Add a registered file's chunks after the first `applied` to the boards, one
+        lb_apply.lua call each; stop when another consumer or a rebuild has taken over."""
+        if self._fault == "mid_boards" and chunks:
+            for number in range(applied + 1, len(chunks) // 2 + 1):
+                await self._apply_chunk(name, number, chunks[number - 1])
+            die_now()
+        for number in range(applied + 1, len(chunks) + 1):
+            reply = await self._apply_chunk(name, number, chunks[number - 1])
+            if text(reply[0]) != "ok":
+                log.info("snapshot: leaderboard chunks of %s: %s", name, text(reply[0]))
+                return
+        if chunks:
+            log.debug("snapshot: %s on the leaderboards (%d chunks)", name, len(chunks))
+
+    async def _apply_chunk(self, name: str, number: int, rows: list[Any]) -> list[Any]:
+        keys = self.ctx.keys
+        reply = await self.ctx.scripts.run(
+            "lb_apply",
+            [keys.leaderboard_pending, keys.leaderboard_currencies()],
+            [name, number, now_ms(), keys.leaderboard_prefix(), *rows],
+        )
+        if text(reply[0]) == "ok" and len(reply) > 1:
+            log.error("snapshot: the leaderboards could not take %s: %s", name, text(reply[1]))
+        return cast(list[Any], reply)
+
+    async def _finish_stalled_boards(self) -> None:
+        """Add the remaining chunks of files whose consumer stopped adding them (it died): their
+        record has not moved for the reclaim time. The rows are summed again from the file."""
+        client, keys = self.ctx.client, self.ctx.keys
+        records = await client.hgetall(keys.leaderboard_pending)
+        for raw_name, raw in records.items():
+            name, pending = text(raw_name), parse_pending(text(raw))
+            if pending is None or now_ms() - pending.at_ms < self.claim_idle_ms:
+                continue
+            path = self.store.root / name
+            if not path.is_file():
+                if name not in self._lost_boards:
+                    self._lost_boards.add(name)
+                    log.error(
+                        "snapshot: %s is gone before all its completions were on the "
+                        "leaderboards; run `streamproc leaderboard rebuild`",
+                        name,
+                    )
+                continue
+            chunks = await asyncio.to_thread(
+                file_chunks, str(path), pending.counted, pending.rows_per_chunk
+            )
+            if len(chunks) != pending.chunks:
+                if name not in self._lost_boards:
+                    self._lost_boards.add(name)
+                    log.error(
+                        "snapshot: %s now sums to %d chunks, not %d; run `streamproc "
+                        "leaderboard rebuild`",
+                        name,
+                        len(chunks),
+                        pending.chunks,
+                    )
+                continue
+            log.warning(
+                "snapshot: finishing the leaderboards of %s (%d of %d chunks were in)",
+                name,
+                pending.applied,
+                pending.chunks,
+            )
+            await self._add_to_boards(name, chunks, pending.applied)
+
     async def _register(
-        self, name: str, info: FileInfo, ids: list[bytes], boards: list[Any]
+        self, name: str, info: FileInfo, ids: list[bytes], pending: Pending | None
     ) -> tuple[str, int]:
         keys = self.ctx.keys
         reply = await self.ctx.scripts.run(
@@ -309,21 +388,17 @@ class SnapshotLoop:
                 keys.snapshot_version,
                 keys.kpi_cache,
                 keys.leaderboard_rebuild,
-                keys.leaderboard_currencies(),
+                keys.leaderboard_pending,
             ],
             [
                 self.stream.group,
                 self.stream.consumer,
                 name,
                 encode_info(info),
-                keys.leaderboard_prefix(),
-                len(ids),
+                pending.encode() if pending else "",
                 *ids,
-                *boards,
             ],
         )
-        if len(reply) > 2:
-            log.error("snapshot: the leaderboards could not take %s: %s", name, text(reply[2]))
         return text(reply[0]), int(reply[1])
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
@@ -333,6 +408,7 @@ class SnapshotLoop:
             await sleep_or_stop(stop, HOUSEKEEPING_S)
             try:
                 await self.stream.trim(forget_ms)
+                await self._finish_stalled_boards()
                 if time.monotonic() - last_compact >= COMPACT_EVERY_S:
                     last_compact = time.monotonic()
                     if self._compaction is None or self._compaction.done():
@@ -348,7 +424,11 @@ class SnapshotLoop:
         """Merge small files, then delete replaced files past their grace and old orphans."""
         try:
             snapshot = await load_manifest(self.ctx.client, self.ctx.keys)
-            for group in plan_compaction(snapshot):
+            # Files still being added to the leaderboards stay as they are until they are in.
+            adding = {
+                text(n) for n in await self.ctx.client.hkeys(self.ctx.keys.leaderboard_pending)
+            }
+            for group in plan_compaction(snapshot, adding):
                 await self._merge(snapshot, group)
             await self._collect_garbage()
         except TRANSIENT as exc:
@@ -361,7 +441,12 @@ class SnapshotLoop:
         status = text(
             await self.ctx.scripts.run(
                 "snapshot_compact",
-                [keys.snapshot_files, keys.snapshot_trash, keys.leaderboard_rebuild],
+                [
+                    keys.snapshot_files,
+                    keys.snapshot_trash,
+                    keys.leaderboard_rebuild,
+                    keys.leaderboard_pending,
+                ],
                 [name, encode_info(info), now_ms(), *names],
             )
         )
@@ -386,9 +471,12 @@ class SnapshotLoop:
                 path.unlink(missing_ok=True)
 
 
-def plan_compaction(snapshot: Snapshot) -> list[list[str]]:
-    """Groups of small files to merge (oldest first), each up to COMPACT_TARGET_ROWS facts."""
-    small = sorted(n for n, i in snapshot.files.items() if i.rows < COMPACT_SMALL_ROWS)
+def plan_compaction(snapshot: Snapshot, leave: Collection[str] = ()) -> list[list[str]]:
+    """Groups of small files to merge (oldest first), each up to COMPACT_TARGET_ROWS facts; the
+    files in `leave` are left out."""
+    small = sorted(
+        n for n, i in snapshot.files.items() if i.rows < COMPACT_SMALL_ROWS and n not in leave
+    )
     if len(small) < COMPACT_MIN_FILES:
         return []
     groups: list[list[str]] = [[]]

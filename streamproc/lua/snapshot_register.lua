@@ -1,6 +1,8 @@
 -- snapshot_register.lua: add a written file to the snapshot manifest, ack the facts-stream
--- entries it holds and add its completions to the leaderboards, in one step, so each fact is in
--- exactly one registered file and the boards count exactly the registered completions.
+-- entries it holds and record that its completions are to be added to the leaderboards, in one
+-- step, so each fact is in exactly one registered file and the boards count exactly the
+-- registered completions. The rows are then added a chunk at a time (lb_apply.lua), each chunk
+-- its own short step: a whole file's in this one would hold the server for tens of ms.
 -- Fence: every entry must still be pending in the group, whichever consumer holds it now. Should
 -- any of them be acked already (another consumer took them over while this one was paused, and
 -- registered them first), nothing is registered or acked and the caller drops its file; the
@@ -12,15 +14,12 @@
 -- XPENDING was asked for, ids out of order, a conflict), the claim decides, as before.
 -- Held: while a leaderboard rebuild runs, nothing is registered (its source must stay fixed).
 -- KEYS[1] facts stream  KEYS[2] manifest hash  KEYS[3] manifest version  KEYS[4] KPI cache
--- KEYS[5] leaderboard rebuild marker  KEYS[6] leaderboard currencies set
+-- KEYS[5] leaderboard rebuild marker  KEYS[6] leaderboard pending hash (keys.leaderboard_pending)
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] file name  ARGV[4] file info (JSON)
--- ARGV[5] leaderboard key prefix  ARGV[6] number of ids k  ARGV[7 .. 6+k] ids, in stream order
--- (the range of each 1,000 is read from its first and last), then the file's board rows, 9 values
--- each (analytics/boardsums.py; lib/leaderboard.lua's lb_add_rows)
--- Returns "ok" (version in the second element; should the boards fail to be written, a board
--- key of the wrong type, the error in the third: the file is registered all the same), "held"
--- or "conflict".
--- include: leaderboard
+-- ARGV[5] the file's pending record, `0|<chunks>|<rows per chunk>|<ms>|<seqs>` ("" when no
+-- completion of it is to be counted)  ARGV[6..] ids, in stream order (the range of each 1,000 is
+-- read from its first and last)
+-- Returns "ok" (version in the second element), "held" or "conflict".
 if redis.call("HEXISTS", KEYS[2], ARGV[3]) == 1 then
   -- A retry after a lost reply: this very file is registered already.
   return { "ok", tonumber(redis.call("GET", KEYS[3]) or "0") }
@@ -28,9 +27,9 @@ end
 if redis.call("EXISTS", KEYS[5]) == 1 then
   return { "held", 0 }
 end
-local ids, k = {}, tonumber(ARGV[6])
-for i = 1, k do
-  ids[i] = ARGV[6 + i]
+local ids = {}
+for i = 6, #ARGV do
+  ids[#ids + 1] = ARGV[i]
 end
 -- Whether ids[from..to] are all pending: listed, or else claimed (a crowded range, ids out of
 -- order, or a conflict, which the claim then confirms).
@@ -68,17 +67,9 @@ end
 for i = 1, #ids, 1000 do
   redis.call("XACK", KEYS[1], ARGV[1], unpack(ids, i, math.min(i + 999, #ids)))
 end
--- pcall: a board that cannot be written must not leave the file unregistered and its facts to
--- be written again (and counted twice by every other board).
-local written, err = pcall(function()
-  local batch = lb_batch(ARGV[5], KEYS[6])
-  lb_add_rows(batch, 7 + k)
-  lb_flush(batch)
-end)
 redis.call("HSET", KEYS[2], ARGV[3], ARGV[4])
-redis.call("DEL", KEYS[4])
-local version = redis.call("INCR", KEYS[3])
-if not written then
-  return { "ok", version, tostring(err) }
+if ARGV[5] ~= "" then
+  redis.call("HSET", KEYS[6], ARGV[3], ARGV[5])
 end
-return { "ok", version }
+redis.call("DEL", KEYS[4])
+return { "ok", redis.call("INCR", KEYS[3]) }
