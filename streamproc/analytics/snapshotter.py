@@ -49,6 +49,11 @@ COMPACT_SMALL_ROWS = 250_000
 COMPACT_MIN_FILES = 8
 COMPACT_TARGET_ROWS = 1_000_000
 HELD_RETRY_S = 0.25
+# After each leaderboard chunk, a pause this many times as long as the chunk took: a file's
+# chunks sent back to back kept the server busy for tens of ms, and the orders in flight then
+# waited (p99 latency at 5,000 orders/s 48 ms instead of 30). Paced, the boards take at most a
+# third of the server while a file goes in, and are in well before the next file (1 s).
+BOARD_PACE = 2.0
 
 
 class SnapshotLoop:
@@ -317,10 +322,13 @@ class SnapshotLoop:
                 await self._apply_chunk(name, number, chunks[number - 1])
             die_now()
         for number in range(applied + 1, len(chunks) + 1):
+            started = time.perf_counter()
             reply = await self._apply_chunk(name, number, chunks[number - 1])
             if text(reply[0]) != "ok":
                 log.info("snapshot: leaderboard chunks of %s: %s", name, text(reply[0]))
                 return
+            if number < len(chunks):
+                await asyncio.sleep(BOARD_PACE * (time.perf_counter() - started))
         if chunks:
             log.debug("snapshot: %s on the leaderboards (%d chunks)", name, len(chunks))
 
