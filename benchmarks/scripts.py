@@ -54,6 +54,7 @@ from benchmarks.slowlog import (
 )
 from streamproc.keys import Keys
 from streamproc.lua import script_names, script_source
+from streamproc.workflow import FACTS_STAGE
 
 STAGES = ("ingest", "reserve", "payment", "notify", "snapshot")
 CLI = [sys.executable, "-m", "streamproc"]
@@ -91,7 +92,9 @@ def _stage_done(
     consumers = [subprocess.Popen(command, env=env) for _ in range(procs)]
     try:
         deadline = time.monotonic() + 600
-        while not _drained(admin, stream, stage):
+        # The snapshot stage adds each registered file to the leaderboards after the acks.
+        boards = Keys().leaderboard_pending if stage == FACTS_STAGE else None
+        while not _drained(admin, stream, stage) or (boards and admin.exists(boards)):
             if time.monotonic() > deadline or any(p.poll() is not None for p in consumers):
                 raise RuntimeError(f"stage {stage} did not drain")
             time.sleep(0.02)
