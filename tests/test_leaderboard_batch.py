@@ -126,10 +126,11 @@ def complete_and_register(
     sizes: list[int],
     payloads: dict[str, bytes],
     claim_idle_ms: int = 15_000,
+    register: bool = True,
 ) -> list[dict[str, int]]:
     """Complete every order at finalize in batches of the given sizes, each batch's facts then
-    written and registered as a file of its own by the one-shot snapshot stage; per batch what
-    the snapshot stage did (facts, files, dead_lettered)."""
+    written and registered as a file of its own by the one-shot snapshot stage (`register`);
+    per batch what the snapshot stage did (facts, files, dead_lettered)."""
 
     async def main() -> list[dict[str, int]]:
         client = async_client(redis_url)
@@ -153,6 +154,8 @@ def complete_and_register(
                 batch = await stream.read(size, None) if size else []
                 committed = await stream.commit([Decision(m, "completed") for m in batch])
                 assert committed.results == [1] * size
+                if not register:
+                    continue
                 facts = StageStream(client, ctx.scripts, KEYS, "snapshot", "s1")
                 loop = SnapshotLoop(ctx, facts, FactStore(root), one_shot=True)
                 await loop.run(asyncio.Event())
@@ -247,24 +250,7 @@ def test_boards_wait_for_the_file_not_the_commit(
     always equal the registered store."""
     orders = random_orders(random.Random(5), 5)
     put_orders(r, orders, {})
-
-    async def commit_only() -> None:
-        client = async_client(redis_url)
-        try:
-            ctx = StageContext.build(Settings(redis_url=redis_url), client)
-            await ensure_groups(client, KEYS)
-            for o in orders:
-                await client.xadd(
-                    KEYS.stream("finalize"),
-                    {"o": o.order_id, "a": "1", "s": "paid", "d": encode_order(o)},
-                )
-            stream = StageStream(client, ctx.scripts, KEYS, "finalize", "c1")
-            batch = await stream.read(5, None)
-            await stream.commit([Decision(m, "completed") for m in batch])
-        finally:
-            await client.aclose()
-
-    asyncio.run(commit_only())
+    assert complete_and_register(redis_url, tmp_path, orders, [5], {}, register=False) == []
     assert [r.hget(KEYS.order(o.order_id), "s") for o in orders] == ["completed"] * 5
     assert stored_boards(r) == {}
     entries = r.xrange(KEYS.stream("snapshot"))

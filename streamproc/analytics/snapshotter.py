@@ -354,27 +354,13 @@ class SnapshotLoop:
                 continue
             path = self.store.root / name
             if not path.is_file():
-                if name not in self._lost_boards:
-                    self._lost_boards.add(name)
-                    log.error(
-                        "snapshot: %s is gone before all its completions were on the "
-                        "leaderboards; run `streamproc leaderboard rebuild`",
-                        name,
-                    )
+                self._cannot_finish(name, "is gone before all its completions were on the boards")
                 continue
             chunks = await asyncio.to_thread(
                 file_chunks, str(path), pending.counted, pending.rows_per_chunk
             )
             if len(chunks) != pending.chunks:
-                if name not in self._lost_boards:
-                    self._lost_boards.add(name)
-                    log.error(
-                        "snapshot: %s now sums to %d chunks, not %d; run `streamproc "
-                        "leaderboard rebuild`",
-                        name,
-                        len(chunks),
-                        pending.chunks,
-                    )
+                self._cannot_finish(name, f"now sums to {len(chunks)} chunks, not {pending.chunks}")
                 continue
             log.warning(
                 "snapshot: finishing the leaderboards of %s (%d of %d chunks were in)",
@@ -383,6 +369,12 @@ class SnapshotLoop:
                 pending.chunks,
             )
             await self._add_to_boards(name, chunks, pending.applied)
+
+    def _cannot_finish(self, name: str, why: str) -> None:
+        """Say (once per file) why its remaining chunks cannot be added."""
+        if name not in self._lost_boards:
+            self._lost_boards.add(name)
+            log.error("snapshot: %s %s; run `streamproc leaderboard rebuild`", name, why)
 
     async def _register(
         self, name: str, info: FileInfo, ids: list[bytes], pending: Pending | None
