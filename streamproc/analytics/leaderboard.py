@@ -1,7 +1,7 @@
 """Reading the leaderboards: top customers and products of a currency, one customer's standing.
 
-The boards are sorted sets kept by snapshot_register.lua as each snapshot file is registered
-(see keys.Keys.leaderboard), so a top-N read is O(log n + N) and a rank O(log n). Equal scores
+The boards are sorted sets the snapshot stage adds each registered file to (lb_apply.lua; see
+keys.Keys.leaderboard), so a top-N read is O(log n + N) and a rank O(log n). Equal scores
 rank by member, descending as text (Redis's order for ZREVRANGE).
 """
 

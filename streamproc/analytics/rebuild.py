@@ -1,7 +1,7 @@
 """Leaderboard rebuild: recompute every board from the snapshot store and swap it in atomically.
 
-The boards count a completion when the snapshot stage registers the file holding it
-(snapshot_register.lua), so they equal the registered store. A rebuild:
+The boards count a completion once the snapshot stage has registered the file holding it and
+added its rows (lb_apply.lua), so they follow the registered store. A rebuild:
 1. lb_rebuild_begin.lua sets the marker (the snapshot stage registers nothing while it stands,
    so the store stays fixed) and returns the manifest's files and the facts stream's unacked
    range.

@@ -1,8 +1,9 @@
 """The snapshot stage: append terminal orders from the facts stream to the store, exactly once.
 
 Entries are gathered until `snapshot_max_rows` of them or `snapshot_interval_ms` have passed,
-written as one Parquet file, and registered together with their acks and the file's completions'
-leaderboard figures (snapshot_register.lua), so the boards count exactly the registered store.
+written as one Parquet file, and registered together with their acks (snapshot_register.lua);
+the file's completions then go to the leaderboards a chunk at a time (lb_apply.lua), so the boards
+follow the registered store.
 A crash anywhere before registration leaves the entries pending (reclaimed and written again)
 and at worst an unregistered file, which readers never see and housekeeping deletes. Small files
 are merged in the background; replaced files are deleted after a grace period.
@@ -317,11 +318,11 @@ class SnapshotLoop:
     async def _add_to_boards(self, name: str, chunks: list[list[Any]], applied: int) -> None:
         """Add a registered file's chunks after the first `applied` to the boards, one
         lb_apply.lua call each; stop when another consumer or a rebuild has taken over."""
-        if self._fault == "mid_boards" and chunks:
-            for number in range(applied + 1, len(chunks) // 2 + 1):
-                await self._apply_chunk(name, number, chunks[number - 1])
-            die_now()
+        # The fault point: half of the chunks in (rounded down), the rest never sent.
+        dies_after = len(chunks) // 2 if self._fault == "mid_boards" and chunks else None
         for number in range(applied + 1, len(chunks) + 1):
+            if number - 1 == dies_after:
+                die_now()
             started = time.perf_counter()
             reply = await self._apply_chunk(name, number, chunks[number - 1])
             if text(reply[0]) != "ok":

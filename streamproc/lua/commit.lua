@@ -6,9 +6,9 @@
 -- A terminal order's entries carry r=1 when the order reached a terminal state before (it was
 -- re-submitted or its dead letter retried), so the analytics keep only its latest outcome.
 -- A completion's entry in the facts stream carries b=1: the leaderboards have not counted it
--- yet. They count it when the snapshot stage registers the file that holds it
--- (snapshot_register.lua), so the boards always equal the registered store; entries without the
--- field were written by earlier versions, which counted the completion here.
+-- yet. The snapshot stage adds it once it has registered the file that holds it (lb_apply.lua),
+-- so the boards follow the registered store; entries without the field were written by earlier
+-- versions, which counted the completion here.
 -- Per order it costs one HMGET, one HSET and one XADD per output; the acks, the state counters
 -- and the day's counters are written once per batch. Should a call fail half-way, everything
 -- decided before the failure is still acked and counted before the error is returned, so a retry
@@ -35,16 +35,19 @@ local m, boards_output = tonumber(ARGV[5]), tonumber(ARGV[6])
 local K_DAY, K_TPUT, K_ORDERS = 3 + m, 4 + m, 4 + m
 -- Keyed by the items' argument itself ("1", "2", ...), with each output's stream key looked up
 -- here once: per item, a table lookup instead of a string-to-number conversion per field.
--- Per output also whether its entries carry b=1 (a completion's entry in the facts stream).
+-- Per output also the fields its entries end with, for an order that was terminal before (r=1)
+-- and for one that was not: b=1 on a completion's entry in the facts stream.
+local R, B, RB, NONE = { "r", "1" }, { "b", "1" }, { "r", "1", "b", "1" }, {}
 local transitions, t_count = {}, tonumber(ARGV[7])
 for t = 1, t_count do
-  local to_state, outputs, streams, flagged = ARGV[5 + 3 * t], ARGV[7 + 3 * t], {}, {}
+  local to_state, outputs, streams, tails = ARGV[5 + 3 * t], ARGV[7 + 3 * t], {}, {}
   for j = 1, #outputs do
     local out = tonumber(string.sub(outputs, j, j))
+    local flagged = to_state == "completed" and out == boards_output
     streams[j] = KEYS[2 + out]
-    flagged[j] = to_state == "completed" and out == boards_output
+    tails[j] = flagged and { RB, B } or { R, NONE }
   end
-  transitions[tostring(t)] = { to_state, ARGV[6 + 3 * t], streams, flagged }
+  transitions[tostring(t)] = { to_state, ARGV[6 + 3 * t], streams, tails }
 end
 local first = 7 + 3 * t_count
 local terminals = 0
@@ -80,23 +83,12 @@ local function apply()
           else
             redis.call("HSET", key, "s", to_state, "k", transition[2], "h", history)
           end
-          local outputs, flagged = transition[3], transition[4]
+          local outputs, tails = transition[3], transition[4]
           local prior = terminal[to_state] and (attempt ~= "1" or order_was_dead_lettered(cur[5]))
+          local which = prior and 1 or 2
           for j = 1, #outputs do
-            local target = outputs[j]
-            if prior and flagged[j] then
-              redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
-                "d", cur[4], "c", cur[6] or "0", "r", "1", "b", "1")
-            elseif prior then
-              redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
-                "d", cur[4], "c", cur[6] or "0", "r", "1")
-            elseif flagged[j] then
-              redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
-                "d", cur[4], "c", cur[6] or "0", "b", "1")
-            else
-              redis.call("XADD", target, "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
-                "d", cur[4], "c", cur[6] or "0")
-            end
+            redis.call("XADD", outputs[j], "*", "o", ARGV[b + 2], "a", attempt, "s", to_state,
+              "d", cur[4], "c", cur[6] or "0", unpack(tails[j][which]))
           end
           if cur[1] ~= to_state then
             tally(moves, moved, cur[1], -1)

@@ -16,7 +16,8 @@ local record = redis.call("HGET", KEYS[1], ARGV[1])
 if not record then
   return { "gone" }
 end
-local applied, chunks, rest = string.match(record, "^(%d+)|(%d+)|(%d+|)%d+|")
+-- `<chunks added>|<chunks>|<rows per chunk>|<ms>|<seqs>` (keys.leaderboard_pending)
+local applied, chunks, rows, _, seqs = string.match(record, "^(%d+)|(%d+)|(%d+)|(%d+)|(.*)$")
 applied, chunks = tonumber(applied), tonumber(chunks)
 local chunk = tonumber(ARGV[2])
 if chunk ~= applied + 1 then
@@ -31,9 +32,8 @@ end)
 if chunk >= chunks then
   redis.call("HDEL", KEYS[1], ARGV[1])
 else
-  local seqs = string.match(record, "^%d+|%d+|%d+|%d+|(.*)$") or ""
-  redis.call("HSET", KEYS[1], ARGV[1], chunk .. "|" .. chunks .. "|" .. rest .. ARGV[3] .. "|"
-    .. seqs)
+  redis.call("HSET", KEYS[1], ARGV[1], chunk .. "|" .. chunks .. "|" .. rows .. "|" .. ARGV[3]
+    .. "|" .. seqs)
 end
 if not written then
   return { "ok", tostring(err) }
