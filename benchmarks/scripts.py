@@ -87,7 +87,7 @@ def _stage_done(
         subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
         yield
         return
-    stream = Keys().stream(stage)
+    stream = Keys().sources(stage)[0]
     command = [*CLI, "consume", "--stage", stage]
     consumers = [subprocess.Popen(command, env=env) for _ in range(procs)]
     try:
@@ -134,7 +134,7 @@ def _one_run(
                         cpu_after, children_after = _server_cpu(admin)
                         stats = admin.info("commandstats")
                         profile = log.take()
-                        stream = Keys().stream("reserve" if stage == "ingest" else stage)
+                        stream = Keys().sources("reserve" if stage == "ingest" else stage)[0]
                         messages = int(admin.xinfo_stream(stream)["entries-added"])
                         for name in PER_MESSAGE & profile.scripts.keys():
                             profile.scripts[name].items = messages

@@ -29,13 +29,15 @@ def run_queue_seconds(pid: int) -> float:
         return 0.0
 
 
-def stage_backlog(client: redis.Redis, stream: str) -> int:
-    """Entries of a stage's stream its group has not acked: not yet delivered, or pending."""
+def stage_backlog(client: redis.Redis, stream: str, group: str) -> int:
+    """Entries of a stream the stage's group has not acked: not yet delivered, or pending."""
     try:
         groups = client.xinfo_groups(stream)
     except redis.ResponseError:
         return 0  # not created yet
-    return sum(int(g.get("lag") or 0) + int(g["pending"]) for g in groups)
+    return sum(
+        int(g.get("lag") or 0) + int(g["pending"]) for g in groups if g["name"].decode() == group
+    )
 
 
 class Timeline:
@@ -64,7 +66,8 @@ class Timeline:
 
     def _sample(self, server: int, consumers: list[int]) -> None:
         client = redis.Redis.from_url(self.url)
-        streams = {stage: Keys().stream(stage) for stage in STAGES}
+        keys = Keys()
+        reads = {stage: (keys.sources(stage), keys.group(stage)) for stage in STAGES}
         started = time.perf_counter()
         before: tuple[float, float, float, float] | None = None
         try:
@@ -75,7 +78,10 @@ class Timeline:
                     sum(process_cpu_seconds(pid) for pid in consumers),
                     run_queue_seconds(server),
                 )
-                backlog = {stage: stage_backlog(client, s) for stage, s in streams.items()}
+                backlog = {
+                    stage: sum(stage_backlog(client, s, group) for s in sources)
+                    for stage, (sources, group) in reads.items()
+                }
                 if before is not None:
                     span = now[0] - before[0]
                     self.rows.append(

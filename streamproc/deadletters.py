@@ -11,7 +11,7 @@ import redis.asyncio as aredis
 
 from streamproc.clock import now_ms
 from streamproc.errors import ConfigError
-from streamproc.keys import STAGES, Keys
+from streamproc.keys import READS_FROM, STAGES, Keys
 from streamproc.lua import AsyncScripts, SyncScripts
 from streamproc.replies import text
 
@@ -78,7 +78,8 @@ def _retry_call(keys: Keys, letter: DeadLetter) -> tuple[list[str], list[Any]]:
         keys.order(letter.order_id),
         keys.stream(letter.stage),
     ]
-    return script_keys, [letter.id, letter.stage, now_ms()]
+    shared = letter.stage in READS_FROM.values()
+    return script_keys, [letter.id, letter.stage, now_ms(), "1" if shared else ""]
 
 
 def _outcome(dead_id: str, reply: Any) -> RetryOutcome:

@@ -20,6 +20,12 @@ from dataclasses import dataclass
 
 STAGES: tuple[str, ...] = ("reserve", "payment", "finalize", "rollback", "notify", "snapshot")
 
+# A stage whose group reads another stage's stream first: notify is a second consumer group on the
+# snapshot stage's stream of finished orders, so each finished order is one entry for both readers
+# instead of one per reader. Its own stream still takes what only it must read (`dlq retry`, and
+# what earlier versions wrote there).
+READS_FROM: dict[str, str] = {"notify": "snapshot"}
+
 # Orders created in one ms (one ingest batch, 500 by default) are spread over this many buckets:
 # about 31 records per bucket hash, well under the 512 entries (hash-max-listpack-entries, the
 # default) up to which Redis keeps a hash as one compact listpack, which a lookup scans.
@@ -72,12 +78,19 @@ class Keys:
 
     # -- pipeline slot -------------------------------------------------------------------------
     def stream(self, stage: str) -> str:
-        """The stream a stage's consumer group reads."""
+        """A stage's own stream: what the stage reads and no other stage does."""
         return f"{self._pipe}:stream:{stage}"
+
+    def sources(self, stage: str) -> tuple[str, ...]:
+        """The streams a stage's consumer group reads, the one its work arrives on first."""
+        shared = READS_FROM.get(stage)
+        if shared is None:
+            return (self.stream(stage),)
+        return (self.stream(shared), self.stream(stage))
 
     @staticmethod
     def group(stage: str) -> str:
-        """The consumer group name of a stage (one group per stream)."""
+        """The consumer group name of a stage, on each stream it reads (Keys.sources)."""
         return stage
 
     def order(self, order_id: str) -> str:

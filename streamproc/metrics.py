@@ -208,11 +208,15 @@ class StageMetrics:
         self.dead_letters = metrics.dead_letters.labels(stage)
         self.reclaimed = metrics.reclaimed.labels(stage)
         self.in_flight = metrics.in_flight.labels(stage)
+        self._in_flight_readers: list[Callable[[], float]] = []
         self._latency = {s: metrics.order_latency.labels(s) for s in sorted(TERMINAL_STATES)}
 
     def watch_in_flight(self, read: Callable[[], float]) -> None:
-        """Report `read()` as the in-flight gauge at scrape time (no cost per message)."""
-        self.in_flight.set_function(read)
+        """Add `read()` to the in-flight gauge, read at scrape time (no cost per message); a
+        stage reading two streams has a loop, and a reader, per stream."""
+        readers = self._in_flight_readers
+        readers.append(read)
+        self.in_flight.set_function(lambda: sum(r() for r in readers))
 
     def settled(self, counts: Mapping[str, int]) -> None:
         """Messages settled by one batch, per outcome."""

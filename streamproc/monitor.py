@@ -64,12 +64,13 @@ async def _lag(
 
 
 async def load_streams(client: redis.asyncio.Redis, keys: Keys) -> StreamsState:
-    """The state of every stage's stream and group, and the dead-letter count."""
+    """The state of every stage's stream(s) and group, and the dead-letter count."""
+    reads = [(stage, stream) for stage in STAGES for stream in keys.sources(stage)]
     pipe = client.pipeline(transaction=False)
     pipe.time()
     pipe.xlen(keys.dead_letters)
-    for stage in STAGES:
-        stream, group = keys.stream(stage), keys.group(stage)
+    for stage, stream in reads:
+        group = keys.group(stage)
         pipe.xinfo_stream(stream)
         pipe.xinfo_groups(stream)
         pipe.xinfo_consumers(stream, group)
@@ -78,17 +79,44 @@ async def load_streams(client: redis.asyncio.Redis, keys: Keys) -> StreamsState:
     seconds, micros = replies[0]
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     dead = _ok(replies[1]) or 0
-    stages = []
-    for index, stage in enumerate(STAGES):
+    per_stage: dict[str, list[StreamState]] = {stage: [] for stage in STAGES}
+    for index, (stage, stream) in enumerate(reads):
         info, groups, consumers, summary = (_ok(r) for r in replies[2 + 4 * index : 6 + 4 * index])
-        stages.append(await _stage(client, keys, stage, now_ms, info, groups, consumers, summary))
-    return StreamsState(stages, int(dead), now_ms)
+        per_stage[stage].append(
+            await _stage(client, keys, stage, stream, now_ms, info, groups, consumers, summary)
+        )
+    return StreamsState([_merged(parts) for parts in per_stage.values()], int(dead), now_ms)
+
+
+def _merged(parts: list[StreamState]) -> StreamState:
+    """One stage over the streams its group reads (notify: the facts stream and its own)."""
+    if len(parts) == 1:
+        return parts[0]
+    consumers: dict[str, ConsumerState] = {}
+    for part in parts:
+        for c in part.consumers:
+            seen = consumers.get(c.name)
+            consumers[c.name] = (
+                c
+                if seen is None
+                else ConsumerState(c.name, seen.pending + c.pending, min(seen.idle_ms, c.idle_ms))
+            )
+    return StreamState(
+        stage=parts[0].stage,
+        length=sum(p.length for p in parts),
+        lag=sum(p.lag for p in parts),
+        pending=sum(p.pending for p in parts),
+        oldest_pending_ms=max(p.oldest_pending_ms for p in parts),
+        group_exists=all(p.group_exists for p in parts),
+        consumers=list(consumers.values()),
+    )
 
 
 async def _stage(
     client: redis.asyncio.Redis,
     keys: Keys,
     stage: str,
+    stream: str,
     now_ms: int,
     info: Any,
     groups: Any,
@@ -110,7 +138,7 @@ async def _stage(
     return StreamState(
         stage=stage,
         length=length,
-        lag=await _lag(client, keys.stream(stage), group, info),
+        lag=await _lag(client, stream, group, info),
         pending=int(group["pending"]),
         oldest_pending_ms=oldest,
         group_exists=True,

@@ -285,13 +285,23 @@ class RunLoop:
         finally:
             self.metrics.processing.observe(time.perf_counter() - started)
 
-    async def _process(self, batch: list[Message]) -> None:
+    async def _admit(self, batch: list[Message]) -> list[Message]:
+        """The messages of a batch to handle: an entry meant for the other reader of a shared
+        stream is acked unread, an undecodable one dead-lettered (permanent)."""
         good: list[Message] = []
+        others: list[Message] = []
         for message in batch:
-            if message.order is None:
-                await self._dead_letter(message, message.error)  # undecodable: permanent
+            if message.only and message.only != self.stream.stage:
+                others.append(message)
+            elif message.order is None:
+                await self._dead_letter(message, message.error)
             else:
                 good.append(message)
+        await self.stream.ack(others)
+        return good
+
+    async def _process(self, batch: list[Message]) -> None:
+        good = await self._admit(batch)
         if not good:
             return
         if self._fault == "before_effect":

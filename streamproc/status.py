@@ -66,20 +66,33 @@ def _group_lag(client: redis.Redis, stream: str, group: dict[str, Any], last_id:
 
 
 def stage_status(client: redis.Redis, keys: Keys, stage: str, now_ms: int) -> StageStatus:
-    """Length, lag, pending, consumers and oldest pending age of one stage."""
-    stream = keys.stream(stage)
+    """Length, lag, pending, consumers and oldest pending age of one stage, over the streams
+    its group reads (notify: the facts stream and its own)."""
+    parts = [
+        _stream_status(client, stream, keys.group(stage), now_ms) for stream in keys.sources(stage)
+    ]
+    return StageStatus(
+        length=sum(p.length for p in parts),
+        lag=sum(p.lag for p in parts),
+        pending=sum(p.pending for p in parts),
+        consumers=max(p.consumers for p in parts),
+        oldest_pending_ms=max(p.oldest_pending_ms for p in parts),
+    )
+
+
+def _stream_status(client: redis.Redis, stream: str, name: str, now_ms: int) -> StageStatus:
     try:
         info = client.xinfo_stream(stream)
         groups = client.xinfo_groups(stream)
     except ResponseError:
         return StageStatus(0, 0, 0, 0, 0)
-    group = next((g for g in groups if text(g["name"]) == keys.group(stage)), None)
+    group = next((g for g in groups if text(g["name"]) == name), None)
     if group is None:
         return StageStatus(int(info["length"]), int(info["length"]), 0, 0, 0)
     pending = int(group["pending"])
     oldest = 0
     if pending:
-        summary = client.xpending(stream, keys.group(stage))
+        summary = client.xpending(stream, name)
         if summary.get("min"):
             oldest = max(0, now_ms - id_ms(summary["min"]))
     return StageStatus(

@@ -54,6 +54,9 @@ class Message:
     # A completion the leaderboards have not counted yet (entry field b=1, facts stream only):
     # the snapshot stage adds it when it registers it. Earlier versions counted it at commit.
     boards_pending: bool = False
+    # The one stage this entry is for (field for), on a stream another stage's group reads as
+    # well: a dead letter of the snapshot stage re-driven by `dlq retry`. "" = every reader.
+    only: str = ""
 
     @property
     def reservation_key(self) -> str:
@@ -103,9 +106,16 @@ def parse_entry(msg_id: bytes, fields: dict[bytes, bytes] | list[bytes]) -> Mess
     """Decode a raw stream entry (a dict, or the flat field/value list the server sends); never
     raises (a bad entry carries `error`)."""
     if isinstance(fields, list):
-        if len(fields) == 10 and fields[0] == b"o" and fields[8] == b"c" and fields[2] == b"a":
-            # The layout every script writes: o, a, s, d, c. Once per message and stage, so the
-            # decoder is called without decode_order's wrapper.
+        n = len(fields)
+        if (
+            (n == 10 or (n == 12 and fields[10] == b"b"))
+            and fields[0] == b"o"
+            and fields[8] == b"c"
+            and fields[2] == b"a"
+        ):
+            # The layout every script writes: o, a, s, d, c, and b=1 on a completion's entry in
+            # the facts stream. Once per message and stage, so the decoder is called without
+            # decode_order's wrapper.
             try:
                 order = _decode_order(fields[7])
                 return Message(
@@ -115,17 +125,21 @@ def parse_entry(msg_id: bytes, fields: dict[bytes, bytes] | list[bytes]) -> Mess
                     fields[5].decode(),
                     order,
                     created_ms=int(fields[9]),
+                    boards_pending=n == 12 and fields[11] == b"1",
                 )
             except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
                 pass  # the slow path below says what is wrong
         fields = dict(zip(fields[0::2], fields[1::2], strict=False))
     order_id = fields.get(b"o", b"").decode("utf-8", "replace")
+    only = fields.get(b"for", b"").decode("ascii", "replace")
     try:
         attempt = int(fields.get(b"a", b"1"))
         created_ms = int(fields.get(b"c", b"0"))
         order = decode_order(fields[b"d"])
     except (KeyError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return Message(msg_id, order_id, 1, "", None, f"undecodable entry: {exc}")
+        error = f"undecodable entry: {exc}"
+        pending = fields.get(b"b") == b"1"
+        return Message(msg_id, order_id, 1, "", None, error, boards_pending=pending, only=only)
     state = fields.get(b"s", b"").decode("ascii", "replace")
     return Message(
         msg_id,
@@ -136,6 +150,7 @@ def parse_entry(msg_id: bytes, fields: dict[bytes, bytes] | list[bytes]) -> Mess
         prior=fields.get(b"r") == b"1",
         created_ms=created_ms,
         boards_pending=fields.get(b"b") == b"1",
+        only=only,
     )
 
 
@@ -145,15 +160,24 @@ TRIM_STEP = 10_000
 TRIM_CALLS = 100
 
 
-def _group_specs(keys: Keys) -> list[tuple[str, str]]:
-    return [(keys.stream(stage), keys.group(stage)) for stage in STAGES]
+def _group_specs(keys: Keys) -> list[tuple[str, str, str]]:
+    """(stream, group, id to start from) of every stage's group on every stream it reads.
+
+    A group created on another stage's stream starts at its end ("$"): the entries already there
+    were written by earlier versions, which enqueued them on the stage's own stream as well.
+    """
+    return [
+        (stream, keys.group(stage), "0" if stream == keys.stream(stage) else "$")
+        for stage in STAGES
+        for stream in keys.sources(stage)
+    ]
 
 
 async def ensure_groups(client: aredis.Redis, keys: Keys) -> None:
-    """Create every stage stream and its group (from the first entry) when missing."""
-    for stream, group in _group_specs(keys):
+    """Create every stage stream and its group(s) when missing."""
+    for stream, group, start in _group_specs(keys):
         try:
-            await client.xgroup_create(stream, group, id="0", mkstream=True)
+            await client.xgroup_create(stream, group, id=start, mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -161,26 +185,32 @@ async def ensure_groups(client: aredis.Redis, keys: Keys) -> None:
 
 def ensure_groups_sync(client: redis.Redis, keys: Keys) -> None:
     """ensure_groups for the blocking client (ingest creates them before its first XADD)."""
-    for stream, group in _group_specs(keys):
+    for stream, group, start in _group_specs(keys):
         try:
-            client.xgroup_create(stream, group, id="0", mkstream=True)
+            client.xgroup_create(stream, group, id=start, mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
 
 class StageStream:
-    """Consumer-group access to one stage's stream for one named consumer."""
+    """Consumer-group access to one stream a stage reads (Keys.sources), for one named consumer."""
 
     def __init__(
-        self, client: aredis.Redis, scripts: AsyncScripts, keys: Keys, stage: str, consumer: str
+        self,
+        client: aredis.Redis,
+        scripts: AsyncScripts,
+        keys: Keys,
+        stage: str,
+        consumer: str,
+        stream: str | None = None,
     ) -> None:
         self.client = client
         self.scripts = scripts
         self.keys = keys
         self.stage = stage
         self.consumer = consumer
-        self.stream = keys.stream(stage)
+        self.stream = stream or keys.sources(stage)[0]
         self.group = keys.group(stage)
         self._outputs = outputs_of(stage)
         self._output_keys = [keys.stream(s) for s in self._outputs]
@@ -278,19 +308,16 @@ class StageStream:
         """Move one message to the dead-letter stream and ack it, atomically; returns the dead
         letter's id and, when its order became dead_lettered here, the ms since the order was
         submitted (else -1)."""
+        now = now_ms()
         keys = [
             self.stream,
             self.keys.dead_letters,
             self.keys.state_counts,
             self.keys.order(message.order_id),
-            self.keys.stream("notify"),
-        ]
-        now = now_ms()
-        keys += (
+            self.keys.stream(FACTS_STAGE),
             self.keys.day(utc_day(now)),
-            self.keys.stream("snapshot"),
             self.keys.throughput(now // 1000),
-        )
+        ]
         payload = b"" if message.order is None else encode_order(message.order)
         args = [
             self.group,
@@ -303,6 +330,7 @@ class StageStream:
             payload,
             now,
             message.state,
+            "1" if message.boards_pending else "",
         ]
         try:
             dead_id, elapsed_ms = await self.scripts.run("dead_letter", keys, args)
@@ -315,22 +343,27 @@ class StageStream:
     async def trim(self, forget_consumers_idle_ms: int) -> int:
         """Trim entries every reader is done with; forget long-idle consumers owning nothing.
 
-        The floor is the lower of the group's last-delivered id and its oldest pending id, so an
-        entry still pending or not yet delivered is never deleted. Returns entries removed.
+        The floor is the lowest of each group's last-delivered id and oldest pending id, so an
+        entry still pending or not yet delivered in any group is never deleted. Returns entries
+        removed.
         """
         try:
             groups = await self.client.xinfo_groups(self.stream)
         except ResponseError as exc:
             _raise_if_lost(exc, self.stream)
             raise
-        group = next((g for g in groups if text(g["name"]) == self.group), None)
-        if group is None:
+        if not any(text(g["name"]) == self.group for g in groups):
             raise ServerError(f"consumer group of {self.stream} is missing: the server lost data")
-        floor = text(group["last-delivered-id"])
-        if int(group["pending"]):
-            summary = await self.client.xpending(self.stream, self.group)
-            if summary.get("min") is not None:
-                floor = min(floor, text(summary["min"]), key=id_key)
+        # Every group's floor: the facts stream has two readers, and either may be behind.
+        floors = []
+        for group in groups:
+            floor = text(group["last-delivered-id"])
+            if int(group["pending"]):
+                summary = await self.client.xpending(self.stream, text(group["name"]))
+                if summary.get("min") is not None:
+                    floor = min(floor, text(summary["min"]), key=id_key)
+            floors.append(floor)
+        floor = min(floors, key=id_key)
         # An approximate XTRIM removes at most 100 nodes' worth of entries (10,000 by default) per
         # call: once a second that fell behind a stream taking more than 10,000 entries a second
         # (the facts stream kept 25,000-30,000 after a 10,500 orders/s flood). Again until done.
@@ -392,6 +425,11 @@ class StageStream:
             _raise_if_lost(exc, self.stream)
             raise
         return len(kept)
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        """Ack messages without handling them (entries for another stage: Message.only)."""
+        if messages:
+            await self.client.xack(self.stream, self.group, *(m.msg_id for m in messages))
 
     async def commit(self, decisions: Sequence[Decision]) -> Committed:
         """Apply transitions, enqueue next stages and ack, in one atomic script call."""

@@ -97,22 +97,31 @@ def _loops(
     ctx: StageContext, stage: str, consumer: str, concurrency: int | None
 ) -> list[RunLoop | SnapshotLoop | ScheduleLoop]:
     keys: Keys = ctx.keys
-    stream = StageStream(ctx.client, ctx.scripts, keys, stage, consumer)
     if stage == "snapshot":
+        stream = StageStream(ctx.client, ctx.scripts, keys, stage, consumer)
         return [SnapshotLoop(ctx, stream, FactStore(ctx.settings.analytics_path))]
     batch = ctx.settings.batch_size
     handler = load_handler(stage, ctx)
+    main, *rest = keys.sources(stage)
+    metrics = ctx.metrics.stage(stage)
+    # One loop per stream the stage reads. The first carries its work; a second (notify's own
+    # stream: dead letters re-driven, entries earlier versions wrote) is a trickle, and one batch
+    # in flight is plenty for it.
     loops: list[RunLoop | SnapshotLoop | ScheduleLoop] = [
         RunLoop(
-            stream,
+            StageStream(ctx.client, ctx.scripts, keys, stage, consumer, stream),
             handler,
-            concurrency=concurrency or default_concurrency(stage, batch),
+            concurrency=in_flight,
             batch_size=batch,
             block_ms=ctx.settings.block_ms,
             claim_idle_ms=ctx.settings.claim_idle_ms,
             max_deliveries=ctx.settings.max_deliveries,
-            metrics=ctx.metrics.stage(stage),
+            metrics=metrics,
         )
+        for stream, in_flight in [
+            (main, concurrency or default_concurrency(stage, batch)),
+            *((other, batch) for other in rest),
+        ]
     ]
     if isinstance(handler, Scheduled):  # notify: retries, resends and retention
         loops.append(ScheduleLoop(handler, batch_size=batch))

@@ -24,8 +24,10 @@ DRAIN_ONLY: tuple[str, ...] = ("finalize", "rollback")
 # leaderboards as it registers each file.
 FACTS_STAGE = "snapshot"
 
-# Terminal orders fan out to these stages (each with its own idempotency).
-TERMINAL_OUTPUTS: tuple[str, ...] = ("notify", FACTS_STAGE)
+# Terminal orders go to the facts stream, which two consumer groups read, each with its own
+# idempotency: the snapshot stage's and notify's (keys.READS_FROM). One entry per finished order
+# instead of one per reader: about 4% of the server's time per order.
+TERMINAL_OUTPUTS: tuple[str, ...] = (FACTS_STAGE,)
 
 TRANSITIONS: dict[tuple[str, str], Transition] = {
     ("reserve", "reserved"): Transition(RESERVED, "payment", ("payment",)),

@@ -52,7 +52,8 @@ class EarlierPaymentHandler:
         ]
 
 
-async def _drain(ctx: StageContext, stage: str, handler: Handler) -> None:
+async def drain_stage(ctx: StageContext, stage: str, handler: Handler) -> None:
+    """Run `stage` with `handler` in this process until its group has nothing left."""
     stream = StageStream(ctx.client, ctx.scripts, ctx.keys, stage, f"earlier-{stage}")
     loop = RunLoop(
         stream, handler, concurrency=400, batch_size=100, block_ms=50, claim_idle_ms=60_000
@@ -82,8 +83,8 @@ def leave_paid_or_declined(settings: Settings) -> None:
         client = async_client(settings.redis_url or "")
         try:
             ctx = StageContext.build(settings, client)
-            await _drain(ctx, "reserve", load_handler("reserve", ctx))
-            await _drain(ctx, "payment", EarlierPaymentHandler(ctx))
+            await drain_stage(ctx, "reserve", load_handler("reserve", ctx))
+            await drain_stage(ctx, "payment", EarlierPaymentHandler(ctx))
         finally:
             await client.aclose()
 

@@ -11,11 +11,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import redis
 
 from streamproc.gateway import simulated_outcome
 from tests.notify_support import assert_indexes_agree
 from tests.support import (
+    KEYS,
     LOW_STOCK_FAILURES,
     TERMINAL,
     cli,
@@ -195,3 +197,19 @@ def assert_one_notification_line_per_record(
     )
     per_order = Counter(line["order_reference"] for line in lines)
     assert set(per_order.values()) <= {len(channels)}, per_order
+
+
+def assert_store_holds_each_once(
+    r: redis.Redis, env: dict[str, str], states: dict[str, str]
+) -> None:
+    """The registered snapshot files hold one fact per terminal order, in its final state."""
+    names = r.hkeys(KEYS.snapshot_files)
+    assert names, "no snapshot file registered"
+    root = Path(env["STREAMPROC_HOME"]) / "analytics" / KEYS.namespace
+    files = [str(root / name) for name in names]
+    rows = (
+        duckdb.connect().execute("SELECT order_id, state FROM read_parquet(?)", [files]).fetchall()
+    )
+    ids = [order_id for order_id, _ in rows]
+    assert len(ids) == len(set(ids)), "a fact was stored twice"
+    assert dict(rows) == states

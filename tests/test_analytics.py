@@ -420,7 +420,7 @@ def test_racing_snapshot_writers_register_each_fact_once(
     assert writer_a.outcomes["facts"] == 10 - len(taken_ids), writer_a.outcomes
     with redis.Redis.from_url(redis_url) as client:
         manifest = load_manifest_sync(client, KEYS)
-        group_info = client.xinfo_groups(stream)[0]
+        (group_info,) = (g for g in client.xinfo_groups(stream) if g["name"].decode() == group)
         assert (group_info["pending"], group_info["lag"]) == (0, 0)
     # The refused file is gone from disk; what is left is exactly what the manifest lists.
     on_disk = {p.name for p in root.iterdir() if p.is_file()}

@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 import redis
 
@@ -39,6 +38,7 @@ from tests.helpers import stop_procs
 from tests.invariants import (
     assert_one_notification_line_per_record,
     assert_pipeline_invariants,
+    assert_store_holds_each_once,
     dead_letters,
     state_path,
     write_products,
@@ -106,10 +106,11 @@ def orders_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
 
 def victim_pending_orders(r: redis.Redis, stage: str, consumer: str) -> list[str]:
     """Order ids of the entries a (dead) consumer still owns."""
-    rows = r.xpending_range(KEYS.stream(stage), stage, "-", "+", 10_000, consumername=consumer)
+    stream = KEYS.sources(stage)[0]  # notify: the facts stream, where its work arrives
+    rows = r.xpending_range(stream, stage, "-", "+", 10_000, consumername=consumer)
     out = []
     for row in rows:
-        ((_, fields),) = r.xrange(KEYS.stream(stage), row["message_id"], row["message_id"])
+        ((_, fields),) = r.xrange(stream, row["message_id"], row["message_id"])
         out.append(fields["o"])
     return out
 
@@ -202,7 +203,7 @@ def test_consumer_killed_at_fault_point_is_replaced_without_loss_or_repeat(
     assert dead_letters(env) == []
     assert_one_notification_line_per_record(env, orders)
     # The victim's entries were all reclaimed by the replacement.
-    owners = {c["name"]: c["pending"] for c in r.xinfo_consumers(KEYS.stream(stage), stage)}
+    owners = {c["name"]: c["pending"] for c in r.xinfo_consumers(KEYS.sources(stage)[0], stage)}
     assert owners.get(victim, 0) == 0, owners
     # Every terminal order is in the analytics store exactly once, with its final state.
     assert_store_holds_each_once(r, env, {oid: o["state"] for oid, o in orders.items()})
@@ -213,22 +214,6 @@ def test_consumer_killed_at_fault_point_is_replaced_without_loss_or_repeat(
         assert boards["currencies"], boards
         assert json.loads(cli(["leaderboard", "rebuild", "--json"], env).stdout)["customers"] > 0
         assert raw_boards(r) == boards
-
-
-def assert_store_holds_each_once(
-    r: redis.Redis, env: dict[str, str], states: dict[str, str]
-) -> None:
-    """The registered snapshot files hold one fact per terminal order, in its final state."""
-    names = r.hkeys(KEYS.snapshot_files)
-    assert names, "no snapshot file registered"
-    root = Path(env["STREAMPROC_HOME"]) / "analytics" / KEYS.namespace
-    files = [str(root / name) for name in names]
-    rows = (
-        duckdb.connect().execute("SELECT order_id, state FROM read_parquet(?)", [files]).fetchall()
-    )
-    ids = [order_id for order_id, _ in rows]
-    assert len(ids) == len(set(ids)), "a fact was stored twice"
-    assert dict(rows) == states
 
 
 # --- poison entries and the dlq commands -------------------------------------------------------
@@ -492,7 +477,9 @@ def assert_order_dead_lettered(r: redis.Redis, order_id: str, error: str) -> Non
     assert re.fullmatch(r"p0d[0-9]+", order["h"]), order  # pending since c, then dead_lettered
     assert r.hget(KEYS.state_counts, "dead_lettered") == "1"
     assert r.hget(KEYS.state_counts, "pending") == "0"
-    (entry,) = r.xrange(KEYS.stream("notify"))
+    # One entry, on the facts stream that notify and the snapshot stage both read.
+    assert r.xlen(KEYS.stream("notify")) == 0
+    (entry,) = r.xrange(KEYS.sources("notify")[0])
     assert (entry[1]["o"], entry[1]["s"], entry[1]["a"]) == (order_id, "dead_lettered", "1")
     group = r.xinfo_groups(KEYS.stream("reserve"))[0]
     assert (group["pending"], group["lag"]) == (0, 0)
@@ -572,7 +559,7 @@ def test_commit_of_a_vanished_order_is_dead_lettered(
     letter = only_letter(r)
     assert (letter["o"], letter["error"], letter["prev"]) == ("S-4", "order record is missing", "")
     assert r.xlen(KEYS.stream("payment")) == 0
-    assert r.xlen(KEYS.stream("notify")) == 0
+    assert r.xlen(KEYS.stream("notify")) == r.xlen(KEYS.stream("snapshot")) == 0
     assert r.xinfo_groups(KEYS.stream("reserve"))[0]["pending"] == 0
 
 
@@ -597,9 +584,8 @@ def test_notification_leased_by_a_crashed_consumer_waits_without_spending_its_bu
         "S-5", 7, "Lease Holder", "USD", "2025-11-10T00:00:00Z", [Line("SKU-S", "", 1, 100)]
     )
     r.hset(KEYS.order("S-5"), mapping={"s": "completed", "k": "", "a": "1"})
-    r.xadd(
-        KEYS.stream("notify"), {"o": "S-5", "a": "1", "s": "completed", "d": encode_order(order)}
-    )
+    notify_reads = KEYS.sources("notify")[0]
+    r.xadd(notify_reads, {"o": "S-5", "a": "1", "s": "completed", "d": encode_order(order)})
     record_id = new_id("S-5", "completed", "log")
     expires_at = time.time() + 1.2  # a dozen claim-idle periods
     r.hset(KEYS.notification_leases, record_id, f"crashed-consumer|{int(expires_at * 1000)}")
@@ -620,5 +606,5 @@ def test_notification_leased_by_a_crashed_consumer_waits_without_spending_its_bu
     # Written once the lease had expired (the log's stamps have whole seconds).
     assert datetime.fromisoformat(lines[0]["ts"]).timestamp() >= int(expires_at)
     assert not r.hexists(KEYS.notification_leases, record_id)
-    group = r.xinfo_groups(KEYS.stream("notify"))[0]
+    (group,) = (g for g in r.xinfo_groups(notify_reads) if g["name"] == KEYS.group("notify"))
     assert (group["pending"], group["lag"]) == (0, 0)

@@ -279,7 +279,8 @@ def test_payment_stage_keeps_hundreds_of_slow_calls_in_flight(
     assert successful_charges(v for b in buckets for v in r.hvals(b)) == total
     assert not r.exists(KEYS.gateway_ledger)
     assert r.xinfo_groups(KEYS.stream("payment"))[0]["pending"] == 0
-    assert r.xlen(KEYS.stream("notify")) == total
+    assert r.xlen(KEYS.sources("notify")[0]) == total
+    assert r.xlen(KEYS.stream("notify")) == 0  # one entry per finished order, read by both
     assert r.xlen(KEYS.stream("finalize")) == 0
 
 
@@ -335,7 +336,7 @@ def test_replayed_payment_message_neither_charges_nor_transitions_again(
     assert order["s"] == "completed"
     assert re.fullmatch(r"p0r[0-9]+c[0-9]+", order["h"]), order  # completed once
     assert int(r.hget(KEYS.state_counts, "completed")) == 3
-    assert r.xlen(KEYS.stream("notify")) == 3  # no second notify message
+    assert r.xlen(KEYS.sources("notify")[0]) == 3  # no second message for notify
     assert r.xinfo_groups(payment_stream)[0]["pending"] == 0  # the replay was acked
 
 
@@ -376,8 +377,7 @@ def test_commit_of_a_replayed_decision_returns_stale(redis_url: str, r: redis.Re
     # Completed once; the old history recoded, in absolute ms as the hash has no c (lib/order.lua).
     assert re.fullmatch(r"p=1r=2c=[0-9]+", order["h"]), order
     assert r.hgetall(KEYS.state_counts) == {"reserved": "0", "completed": "1"}
-    assert r.xlen(KEYS.stream("notify")) == 1
-    assert r.xlen(KEYS.stream("snapshot")) == 1
+    assert r.xlen(KEYS.stream("snapshot")) == 1  # the one entry notify and snapshot both read
     assert r.xinfo_groups(KEYS.stream("payment"))[0]["pending"] == 0
 
 
@@ -422,7 +422,7 @@ def test_slow_payments_are_not_reclaimed_by_their_own_consumer(
     loop = asyncio.run(main())
     assert dict(loop.outcomes) == {"completed": total}
     assert r.hget(KEYS.gateway_stats, "calls") == str(total)
-    assert r.xlen(KEYS.stream("notify")) == total
+    assert r.xlen(KEYS.sources("notify")[0]) == total
 
 
 def test_commit_that_fails_half_way_keeps_what_it_applied_counted_and_acked(
@@ -464,7 +464,7 @@ def test_commit_that_fails_half_way_keeps_what_it_applied_counted_and_acked(
     assert r.hget(KEYS.order("W0"), "s") == "completed"
     assert r.hget(KEYS.order("W2"), "s") == "reserved"
     assert r.hgetall(KEYS.state_counts) == {"reserved": "2", "completed": "1"}
-    assert r.xlen(KEYS.stream("notify")) == 1
+    assert r.xlen(KEYS.sources("notify")[0]) == 1
     assert r.xinfo_groups(KEYS.stream("payment"))[0]["pending"] == 2  # W1 and W2 stay pending
 
 

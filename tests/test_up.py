@@ -207,11 +207,12 @@ def _stages_with_pending(env: dict[str, str]) -> set[str]:
     with redis.Redis.from_url(env["STREAMPROC_REDIS_URL"]) as client:
         found = set()
         for stage in STAGES:
-            try:
-                if client.xpending(KEYS.stream(stage), stage)["pending"]:
-                    found.add(stage)
-            except redis.ResponseError:
-                pass
+            for stream in KEYS.sources(stage):
+                try:
+                    if client.xpending(stream, stage)["pending"]:
+                        found.add(stage)
+                except redis.ResponseError:
+                    pass
         return found
 
 
