@@ -171,6 +171,8 @@ class _Pipeline:
         self._stop_key = keys.ingest_stop_marker(secrets.token_hex(8))
         self._force = "1" if force else "0"
         self._in_flight: deque[list[int]] = deque()  # per batch sent: the line of each order
+        # The previous batch's last order key, which the next batch checks (ingest.lua).
+        self._fence: tuple[str, ...] = ()
         self.imported = self.duplicates = self.resubmitted = 0
         self.failure: _Failure | None = None
         self.imported_after_failure = 0  # by batches already sent when the failure happened
@@ -189,13 +191,14 @@ class _Pipeline:
         command = (
             "EVAL",
             self._script,
-            5 + len(order_keys),
+            5 + len(order_keys) + len(self._fence),
             self._stream,
             self._counts,
             self._keys.day(utc_day(now)),
             self._stop_key,
             self._rows,
             *order_keys,
+            *self._fence,
             now,
             self._force,
             len(order_keys),
@@ -210,6 +213,7 @@ class _Pipeline:
         if self._conn is None:
             self._conn = self._connect(lines[0])
         self._in_flight.append(lines)
+        self._fence = (order_keys[-1],)
         try:
             # No health check: its PING would read a reply meant for a batch in flight.
             self._conn.send_packed_command([packed], check_health=False)

@@ -15,6 +15,7 @@
 -- KEYS[4]  this import's stop marker (set when a batch stops; later batches then do nothing)
 -- KEYS[5]  ingest rows hash
 -- KEYS[5+i] order hash of the i-th order
+-- KEYS[6+n] (not on an import's first batch) the order hash of the previous batch's last order
 -- ARGV[1]  now (ms)   ARGV[2]  force ("1" or "0")   ARGV[3] count n
 -- ARGV[4]  where the order id starts in an order hash's key (the key prefix's length + 1)
 -- ARGV[5]  rows rejected by the client since its previous batch
@@ -26,6 +27,9 @@
 -- stopped returns {those chars for the orders before the stop, the reason}.
 -- The client sends the next batches before this one answers; the stop marker keeps a batch sent
 -- after a failed one from importing anything, so nothing after the failing order is imported.
+-- Out of memory the marker cannot be written (SET is a write too), and memory may be back under
+-- the limit when the next batch runs (the query buffer that held the failed batch is freed):
+-- then the previous batch's last order, missing, stops it. A read only, so it holds under OOM.
 -- include: ms
 -- include: order
 local now, force, n, id_at = ARGV[1], ARGV[2] == "1", tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -33,7 +37,7 @@ local now, force, n, id_at = ARGV[1], ARGV[2] == "1", tonumber(ARGV[3]), tonumbe
 if ARGV[5] ~= "0" then
   redis.pcall("HINCRBY", KEYS[5], "rejected", ARGV[5])
 end
-if redis.call("EXISTS", KEYS[4]) == 1 then
+if redis.call("EXISTS", KEYS[4]) == 1 or (KEYS[6 + n] and redis.call("EXISTS", KEYS[6 + n]) == 0) then
   return { "", "an earlier batch of this import stopped" }
 end
 local resubmittable = { failed = true, rolled_back = true, dead_lettered = true }
@@ -147,8 +151,8 @@ if created > 0 then
   redis.call("EXPIRE", KEYS[3], 691200, "NX")
 end
 if stop then
-  -- Best effort: out of memory, the marker cannot be written, but then later batches fail the
-  -- same way at their first write.
+  -- Best effort: out of memory, the marker cannot be written, and the next batch's check of this
+  -- one's last order stops it instead.
   redis.pcall("SET", KEYS[4], "1", "PX", 600000)
   return { table.concat(out), stop }
 end
