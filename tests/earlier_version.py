@@ -9,6 +9,7 @@ then a payment stage with that version's handler and transitions, through the re
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -73,18 +74,20 @@ async def drain_stage(ctx: StageContext, stage: str, handler: Handler) -> None:
     assert loop.fatal is None
 
 
-def leave_paid_or_declined(settings: Settings) -> None:
-    """Take every ingested order through reserve and that version's payment stage: what is not
-    out of stock waits in the finalize or the rollback stream afterwards."""
-    table = {key: t for key, t in workflow.TRANSITIONS.items() if key[0] != "payment"}
-    table.update(EARLIER_PAYMENT)
+def drain_as_an_earlier_version(
+    settings: Settings,
+    table: dict[tuple[str, str], Transition],
+    handlers: Callable[[StageContext], list[tuple[str, Handler]]],
+) -> None:
+    """Run each (stage, handler) in turn in this process until its group has nothing left, with
+    `table` as the workflow's transitions (that version's)."""
 
     async def main() -> None:
         client = async_client(settings.redis_url or "")
         try:
             ctx = StageContext.build(settings, client)
-            await drain_stage(ctx, "reserve", load_handler("reserve", ctx))
-            await drain_stage(ctx, "payment", EarlierPaymentHandler(ctx))
+            for stage, handler in handlers(ctx):
+                await drain_stage(ctx, stage, handler)
         finally:
             await client.aclose()
 
@@ -92,3 +95,37 @@ def leave_paid_or_declined(settings: Settings) -> None:
         patch.setattr(workflow, "TRANSITIONS", table)
         patch.setattr(transport, "TRANSITIONS", table)
         asyncio.run(main())
+
+
+def leave_paid_or_declined(settings: Settings) -> None:
+    """Take every ingested order through reserve and that version's payment stage: what is not
+    out of stock waits in the finalize or the rollback stream afterwards."""
+    table = {key: t for key, t in workflow.TRANSITIONS.items() if key[0] != "payment"}
+    table.update(EARLIER_PAYMENT)
+    drain_as_an_earlier_version(
+        settings,
+        table,
+        lambda ctx: [
+            ("reserve", load_handler("reserve", ctx)),
+            ("payment", EarlierPaymentHandler(ctx)),
+        ],
+    )
+
+
+# Before notify read the facts stream, a finished order was enqueued on both streams.
+EARLIER_TERMINAL_OUTPUTS = ("notify", "snapshot")
+
+
+def finish_as_an_earlier_version(settings: Settings) -> None:
+    """Reserve and pay every ingested order with the transitions of the version before notify
+    read the facts stream: each finished order is enqueued on notify's stream and on the facts
+    stream (where that version had no notify group)."""
+    table = {
+        key: Transition(t.to_state, t.next_stage, EARLIER_TERMINAL_OUTPUTS)
+        if t.outputs == workflow.TERMINAL_OUTPUTS
+        else t
+        for key, t in workflow.TRANSITIONS.items()
+    }
+    drain_as_an_earlier_version(
+        settings, table, lambda ctx: [(s, load_handler(s, ctx)) for s in ("reserve", "payment")]
+    )

@@ -13,7 +13,8 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,16 @@ class Fleet(Pipeline):
         self.wait_drained(timeout_s)
         self.dead.extend(self.procs)
         self.procs.clear()
+
+
+@contextmanager
+def running_fleet(env: dict[str, str], log_dir: Path) -> Iterator[Fleet]:
+    """A Fleet whose consumers are all stopped when the block ends (a fixture's teardown)."""
+    fleet = Fleet(env, log_dir)
+    try:
+        yield fleet
+    finally:
+        stop_procs(fleet.procs)
 
 
 def wait_consumers_registered(

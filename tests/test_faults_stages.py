@@ -34,7 +34,6 @@ from streamproc.settings import Settings
 from streamproc.transport import Decision, Message, StageStream, ensure_groups_sync
 from streamproc.workflow import DRAIN_ONLY
 from tests.earlier_version import EARLIER_STATE_PATHS, leave_paid_or_declined
-from tests.helpers import stop_procs
 from tests.invariants import (
     assert_one_notification_line_per_record,
     assert_pipeline_invariants,
@@ -52,6 +51,7 @@ from tests.support import (
     notification_lines,
     one_line,
     raw_boards,
+    running_fleet,
     status_json,
     stock_show,
     write_orders,
@@ -89,11 +89,8 @@ def fault_env(sp_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def consumers(fault_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
-    running = Fleet(fault_env, tmp_path)
-    try:
+    with running_fleet(fault_env, tmp_path) as running:
         yield running
-    finally:
-        stop_procs(running.procs)
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamproc import transport, workflow
 from streamproc.connection import async_client
 from streamproc.context import StageContext
 from streamproc.settings import Settings
-from streamproc.stages import load_handler
 from streamproc.transport import StageStream, ensure_groups_sync, parse_entry
-from streamproc.workflow import Transition
-from tests.earlier_version import drain_stage
+from tests.earlier_version import finish_as_an_earlier_version
 from tests.helpers import stop_procs
 from tests.invariants import assert_store_holds_each_once, dead_letters
 from tests.support import (
@@ -34,12 +31,11 @@ from tests.support import (
     notification_lines,
     one_line,
     raw_boards,
+    running_fleet,
     write_orders,
 )
 
 FACTS = KEYS.stream("snapshot")
-# Before notify read the facts stream, a finished order went to both streams.
-EARLIER_TERMINAL_OUTPUTS = ("notify", "snapshot")
 
 
 @pytest.fixture
@@ -49,11 +45,8 @@ def env(sp_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def pipeline(env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(env, tmp_path)
-    try:
+    with running_fleet(env, tmp_path) as fleet:
         yield fleet
-    finally:
-        stop_procs(fleet.procs)
 
 
 def ingest(env: dict[str, str], tmp_path: Path, prefix: str, count: int) -> list[str]:
@@ -62,32 +55,6 @@ def ingest(env: dict[str, str], tmp_path: Path, prefix: str, count: int) -> list
     path = write_orders(tmp_path / f"{prefix}.csv", [one_line(i, "SKU-F", 1) for i in ids])
     assert json.loads(cli(["ingest", str(path), "--json"], env).stdout)["imported"] == count
     return ids
-
-
-def finish_as_an_earlier_version(settings: Settings) -> None:
-    """Reserve and pay every ingested order with the transitions of the version before this
-    one: each finished order is enqueued on notify's stream and on the facts stream, where
-    that version had no notify group."""
-    table = {
-        key: Transition(t.to_state, t.next_stage, EARLIER_TERMINAL_OUTPUTS)
-        if t.outputs == workflow.TERMINAL_OUTPUTS
-        else t
-        for key, t in workflow.TRANSITIONS.items()
-    }
-
-    async def main() -> None:
-        client = async_client(settings.redis_url or "")
-        try:
-            ctx = StageContext.build(settings, client)
-            for stage in ("reserve", "payment"):
-                await drain_stage(ctx, stage, load_handler(stage, ctx))
-        finally:
-            await client.aclose()
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(workflow, "TRANSITIONS", table)
-        patch.setattr(transport, "TRANSITIONS", table)
-        asyncio.run(main())
 
 
 def test_an_upgrade_notifies_what_earlier_versions_enqueued_once(
