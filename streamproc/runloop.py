@@ -260,6 +260,9 @@ class RunLoop:
 
     async def _process_redelivered(self, batch: list[Message]) -> None:
         """Re-deliveries: dead-letter those over budget, retry the rest after a growing delay."""
+        batch = await self._ack_others(batch)  # whatever its deliveries: never this stage's
+        if not batch:
+            return
         await self.stream.delivery_counts(batch)
         retry: list[Message] = []
         for message in batch:
@@ -285,19 +288,24 @@ class RunLoop:
         finally:
             self.metrics.processing.observe(time.perf_counter() - started)
 
+    async def _ack_others(self, batch: list[Message]) -> list[Message]:
+        """Ack, unread, the entries meant for the other reader of a shared stream (`dlq retry`
+        of a snapshot dead letter: Message.only); returns the rest."""
+        stage = self.stream.stage
+        if all(not m.only or m.only == stage for m in batch):
+            return batch  # the usual case
+        await self.stream.ack([m for m in batch if m.only and m.only != stage])
+        return [m for m in batch if not m.only or m.only == stage]
+
     async def _admit(self, batch: list[Message]) -> list[Message]:
-        """The messages of a batch to handle: an entry meant for the other reader of a shared
-        stream is acked unread, an undecodable one dead-lettered (permanent)."""
+        """The messages of a batch to handle: those of another reader acked, an undecodable one
+        dead-lettered (permanent)."""
         good: list[Message] = []
-        others: list[Message] = []
-        for message in batch:
-            if message.only and message.only != self.stream.stage:
-                others.append(message)
-            elif message.order is None:
+        for message in await self._ack_others(batch):
+            if message.order is None:
                 await self._dead_letter(message, message.error)
             else:
                 good.append(message)
-        await self.stream.ack(others)
         return good
 
     async def _process(self, batch: list[Message]) -> None:

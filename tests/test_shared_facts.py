@@ -19,7 +19,10 @@ import redis
 
 from streamproc.connection import async_client
 from streamproc.context import StageContext
+from streamproc.models import Line, Order, encode_order
+from streamproc.runloop import RunLoop
 from streamproc.settings import Settings
+from streamproc.stages import load_handler
 from streamproc.transport import StageStream, ensure_groups_sync, parse_entry
 from tests.earlier_version import finish_as_an_earlier_version
 from tests.helpers import stop_procs
@@ -153,3 +156,52 @@ def test_a_retried_snapshot_dead_letter_is_for_the_snapshot_stage_only(
     pipeline.drain(30)
     after = Counter(x["stage"] for x in dead_letters(env))
     assert after == {"notify": 1, "snapshot": 1}, after
+
+
+def test_an_entry_for_the_other_reader_is_acked_even_past_its_delivery_budget(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    """A for=snapshot entry that notify consumers kept dying on is acked when reclaimed, never
+    dead-lettered for notify (a retry of that letter would have sent it to notify for real)."""
+    ensure_groups_sync(r, KEYS)
+    order = Order("O-1", 7, "Other", "USD", "2025-11-10T00:00:00Z", [Line("SKU-F", "", 1, 100)])
+    entry_id = r.xadd(
+        FACTS,
+        {"o": "O-1", "a": "1", "s": "completed", "d": encode_order(order), "c": "0"}
+        | {"for": "snapshot"},
+    )
+    group = KEYS.group("notify")
+    r.xreadgroup(group, "died", {FACTS: ">"})
+    r.xclaim(FACTS, group, "died", 0, [entry_id], retrycount=9)  # 9 deliveries spent
+    settings = Settings(redis_url=redis_url, claim_idle_ms=100, notifications_log=tmp_path / "n")
+
+    async def main() -> RunLoop:
+        client = async_client(redis_url)
+        try:
+            ctx = StageContext.build(settings, client)
+            stream = StageStream(client, ctx.scripts, KEYS, "notify", "reclaimer", FACTS)
+            loop = RunLoop(
+                stream,
+                load_handler("notify", ctx),
+                concurrency=10,
+                batch_size=10,
+                block_ms=50,
+                claim_idle_ms=100,
+                max_deliveries=3,
+                trim=False,
+            )
+            stop = asyncio.Event()
+            task = asyncio.create_task(loop.run(stop))
+            async with asyncio.timeout(10):
+                while (await client.xpending(FACTS, group))["pending"]:
+                    await asyncio.sleep(0.05)
+            stop.set()
+            await task
+            return loop
+        finally:
+            await client.aclose()
+
+    loop = asyncio.run(main())
+    assert loop.fatal is None
+    assert r.xlen(KEYS.dead_letters) == 0
+    assert not (tmp_path / "n").exists()  # nothing was sent
