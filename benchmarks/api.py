@@ -45,7 +45,14 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import free_port, machine, pipeline_env, private_server, save
+from benchmarks.common import (
+    free_port,
+    machine,
+    pipeline_env,
+    private_server,
+    save,
+    server_cpu_seconds,
+)
 from benchmarks.generate import write_orders
 from streamproc.keys import Keys
 from streamproc.status import collect_status
@@ -227,11 +234,6 @@ def _process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def _redis_cpu_s(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 def _own_cpu_s() -> tuple[float, float]:
     """(this script, its waited-for children: the load generators) CPU seconds."""
     me = resource.getrusage(resource.RUSAGE_SELF)
@@ -258,7 +260,7 @@ class CpuSample:
             time.perf_counter(),
             _machine_busy_s(),
             _process_cpu_s(api_pid),
-            _redis_cpu_s(client),
+            server_cpu_seconds(client),
             me,
             kids,
         )

@@ -112,6 +112,14 @@ def process_cpu_seconds(pid: int, children: bool = False) -> float:
     return (int(fields[first]) + int(fields[first + 1])) / CLOCK_TICKS
 
 
+def server_cpu_seconds(client: redis.Redis, children: bool = False) -> float:
+    """The server's CPU seconds so far (INFO cpu, user + sys); with `children`, those of its
+    finished children instead (the AOF rewrites)."""
+    cpu = client.info("cpu")
+    suffix = "_children" if children else ""
+    return float(cpu[f"used_cpu_user{suffix}"]) + float(cpu[f"used_cpu_sys{suffix}"])
+
+
 def machine() -> dict[str, Any]:
     """Facts about where a figure came from."""
     cpu = ""

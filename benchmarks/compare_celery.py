@@ -14,7 +14,9 @@ other, with the server flushed between them:
 Both use the same payment rule (streamproc.gateway.simulated_outcome, payment seed 0, success rate
 0.9), the same catalogue (SKU-00000… with --stock units each) and one log notification per order.
 Each run is timed from spawning the ingest/enqueue process (the first enqueue) to the last order
-reaching its terminal state (`orders_per_s`) and to the last notification line (`…_notified`).
+reaching its terminal state (`orders_per_s`) and to the last notification line (`…_notified`);
+the server's CPU over the same span is `server_cpu_us_per_order` (far steadier than a 2-second
+run's wall time, for telling two versions apart).
 Afterwards both are audited: every order in exactly one terminal state and the state counters
 agree; per SKU initial = available + reserved + committed, nothing left reserved, committed = sold;
 completed ⇒ exactly one charge, otherwise none, and the outcome is the seeded one; one log line per
@@ -44,7 +46,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import machine, private_server, save
+from benchmarks.common import machine, private_server, save, server_cpu_seconds
 from benchmarks.generate import write_orders
 from streamproc.gateway import (
     idempotency_key,
@@ -98,6 +100,7 @@ class Timing:
     started: float
     enqueued: float = 0.0
     notified: float = 0.0
+    server_cpu_s: float = 0.0  # the server's CPU from the spawn to the last notification
     enqueue_report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -216,10 +219,12 @@ def run_until_notified(
     env: dict[str, str],
     log: Path,
     workers: list[subprocess.Popen[bytes]],
+    server: redis.Redis,
 ) -> Timing:
     """Spawn the enqueuer and wait for one notification line per order (timed)."""
     counter = LineCounter(log)
     out = setup.work / "enqueue.out"
+    cpu_before = server_cpu_seconds(server)
     timing = Timing(started=time.time())
     with out.open("wb") as handle, (setup.work / "enqueue.err").open("ab") as err:
         enqueuer = subprocess.Popen(enqueue_argv, env=env, cwd=REPO, stdout=handle, stderr=err)
@@ -236,6 +241,7 @@ def run_until_notified(
             raise TimeoutError(f"{counter.lines}/{len(setup.orders)} notified")
         time.sleep(0.02)
     timing.notified = time.time() - timing.started
+    timing.server_cpu_s = server_cpu_seconds(server) - cpu_before
     enqueuer.wait(60)
     timing.enqueued = timing.enqueued or timing.notified
     timing.enqueue_report = json.loads(out.read_text() or "{}")
@@ -290,7 +296,7 @@ def run_streamproc(setup: Setup, url: str) -> tuple[Timing, Outcome]:
         wait_until(lambda: consumers_registered(client, setup.procs), 60, tail(log))
         ingest = [*cli, "ingest", str(setup.csv_path), "--json"]
         notifications = setup.work / "sp-notifications.log"
-        timing = run_until_notified(setup, ingest, env, notifications, consumers)
+        timing = run_until_notified(setup, ingest, env, notifications, consumers, client)
         quiet([*cli, "wait", "--timeout", "120"])
     except Exception as exc:
         raise RuntimeError(f"streamproc run failed: {exc}\n{tail(log)}") from exc
@@ -379,7 +385,7 @@ def run_celery(setup: Setup, url: str) -> tuple[Timing, Outcome]:
         enqueue = [sys.executable, "-m", "benchmarks.celery_workflow", "enqueue"]
         notifications = setup.work / "cw-notifications.log"
         timing = run_until_notified(
-            setup, [*enqueue, str(setup.csv_path)], env, notifications, [worker]
+            setup, [*enqueue, str(setup.csv_path)], env, notifications, [worker], data
         )
         wait_until(lambda: broker_idle(broker), 120, "Celery broker not drained")
     except Exception as exc:
@@ -509,6 +515,7 @@ def summarise(setup: Setup, timing: Timing, out: Outcome, problems: list[str]) -
         "notified_seconds": round(timing.notified, 3),
         "orders_per_s": round(n / terminal_s, 1),
         "orders_per_s_notified": round(n / timing.notified, 1),
+        "server_cpu_us_per_order": round(timing.server_cpu_s * 1e6 / n, 1),
         "orders_by_state": dict(Counter(out.states.values())),
         "enqueue_report": timing.enqueue_report,
         "invariants_ok": not problems,
@@ -582,7 +589,7 @@ def table(result: dict[str, Any]) -> str:
     """A plain-text summary, one line per system."""
     head = (
         f"{'system':<11} {'orders':>7} {'enqueue s':>10} {'terminal s':>11} {'orders/s':>9} "
-        f"{'notified s':>11} {'orders/s':>9}  invariants"
+        f"{'notified s':>11} {'orders/s':>9} {'server µs':>10}  invariants"
     )
     lines = [head, "-" * len(head)]
     for name in ("streamproc", "celery"):
@@ -591,7 +598,8 @@ def table(result: dict[str, Any]) -> str:
             lines.append(
                 f"{name:<11} {r['orders']:>7,} {r['enqueue_seconds']:>10.2f} "
                 f"{r['terminal_seconds']:>11.2f} {r['orders_per_s']:>9,.0f} "
-                f"{r['notified_seconds']:>11.2f} {r['orders_per_s_notified']:>9,.0f}  "
+                f"{r['notified_seconds']:>11.2f} {r['orders_per_s_notified']:>9,.0f} "
+                f"{r['server_cpu_us_per_order']:>10.1f}  "
                 f"{'ok' if r['invariants_ok'] else 'BROKEN'}"
             )
     if "ratio_streamproc_over_celery" in result:

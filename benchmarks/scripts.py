@@ -42,7 +42,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import machine, pipeline_env, private_server, save
+from benchmarks.common import machine, pipeline_env, private_server, save, server_cpu_seconds
 from benchmarks.generate import write_orders
 from benchmarks.slowlog import (
     BENCH_CLIENT,
@@ -62,11 +62,7 @@ CLI = [sys.executable, "-m", "streamproc"]
 
 def _server_cpu(client: redis.Redis) -> tuple[float, float]:
     """(the server process's CPU seconds, its finished children's)."""
-    cpu = client.info("cpu")
-    return (
-        float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
-        float(cpu["used_cpu_user_children"]) + float(cpu["used_cpu_sys_children"]),
-    )
+    return server_cpu_seconds(client), server_cpu_seconds(client, children=True)
 
 
 def _drained(client: redis.Redis, stream: str, group: str) -> bool:

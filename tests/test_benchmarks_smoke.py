@@ -266,6 +266,7 @@ def test_compare_celery_quick_run_keeps_the_invariants_on_both_sides(tmp_path: P
         assert figures["orders_by_state"].get("rolled_back", 0) > 0  # declined payments
         assert figures["orders_per_s"] > 0
         assert figures["orders_per_s_notified"] > 0
+        assert figures["server_cpu_us_per_order"] > 0  # the server did the work of the run
     assert result["ratio_streamproc_over_celery"] > 0
 
 
