@@ -292,8 +292,8 @@ class RunLoop:
         """Ack, unread, the entries meant for the other reader of a shared stream (`dlq retry`
         of a snapshot dead letter: Message.only); returns the rest."""
         stage = self.stream.stage
-        if all(not m.only or m.only == stage for m in batch):
-            return batch  # the usual case
+        if not self.stream.foreign or all(not m.only or m.only == stage for m in batch):
+            return batch  # every stage's own stream; on a foreign one, the usual case
         await self.stream.ack([m for m in batch if m.only and m.only != stage])
         return [m for m in batch if not m.only or m.only == stage]
 

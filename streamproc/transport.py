@@ -211,6 +211,9 @@ class StageStream:
         self.stage = stage
         self.consumer = consumer
         self.stream = stream or keys.sources(stage)[0]
+        # Another stage's stream (notify on the facts stream): the only kind where an entry can be
+        # meant for another reader (Message.only), since `dlq retry` marks those on a stage's own.
+        self.foreign = self.stream != keys.stream(stage)
         self.group = keys.group(stage)
         self._outputs = outputs_of(stage)
         self._output_keys = [keys.stream(s) for s in self._outputs]

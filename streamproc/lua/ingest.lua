@@ -37,7 +37,8 @@ local now, force, n, id_at = ARGV[1], ARGV[2] == "1", tonumber(ARGV[3]), tonumbe
 if ARGV[5] ~= "0" then
   redis.pcall("HINCRBY", KEYS[5], "rejected", ARGV[5])
 end
-if redis.call("EXISTS", KEYS[4]) == 1 or (KEYS[6 + n] and redis.call("EXISTS", KEYS[6 + n]) == 0) then
+local fence = KEYS[6 + n]
+if redis.call("EXISTS", KEYS[4]) == 1 or (fence and redis.call("EXISTS", fence) == 0) then
   return { "", "an earlier batch of this import stopped" }
 end
 local resubmittable = { failed = true, rolled_back = true, dead_lettered = true }
