@@ -25,7 +25,8 @@ from api.openapi import build_openapi
 from api.responses import JSON, failure
 from api.routes import ENDPOINTS
 from streamproc import __version__
-from streamproc.connection import async_client, resolve_redis_url
+from streamproc.address import resolve_redis_url
+from streamproc.connection import async_client
 from streamproc.keys import Keys
 from streamproc.logs import LogConfig, setup_logging
 from streamproc.lua import AsyncScripts

@@ -3,7 +3,6 @@ STREAMPROC_<COMMAND>_<OPTION> from the environment (click's auto_envvar_prefix).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -12,20 +11,28 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
-import redis
 
 from streamproc import __version__
-from streamproc.connection import describe_connection_error, resolve_redis_url, sync_client
-from streamproc.embedded import embedded_status, stop_embedded
+from streamproc.address import (
+    CONNECT_TIMEOUT_S,
+    SOCKET_TIMEOUT_S,
+    describe_connection_error,
+    resolve_redis_url,
+)
 from streamproc.errors import ConfigError, InputFileError, ServerError, StreamprocError
 from streamproc.keys import Keys
 from streamproc.logs import LogConfig, dict_config, json_enabled, setup_logging
-from streamproc.server_settings import shortfalls
 from streamproc.settings import Settings
+from streamproc.wire import WireError
+
+if TYPE_CHECKING:
+    import redis
+
+    from streamproc.wire import Wire
 
 EXIT_OK, EXIT_SOME_REJECTED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,12 +59,29 @@ class Env:
 
     def client(self) -> redis.Redis:
         """A blocking client, checked with PING so failures surface before any work."""
+        import redis  # here, not at the top: `ingest` does without it (streamproc.wire)
+
+        from streamproc.connection import sync_client
+
         client = sync_client(self.url, retries=1)
         try:
             client.ping()
         except redis.RedisError as exc:
             raise describe_connection_error(self.url, exc) from None
         return client
+
+    def wire(self) -> Wire | None:
+        """A lean connection (streamproc.wire), checked with PING; None for a URL it does not
+        cover (TLS, client options), which needs `client()`."""
+        from streamproc.wire import connect
+
+        try:
+            wire = connect(self.url, CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S)
+            if wire is not None:
+                wire.call("PING")
+        except WireError as exc:
+            raise describe_connection_error(self.url, exc) from None
+        return wire
 
 
 def notice(message: str) -> None:
@@ -91,7 +115,9 @@ def handle_errors(func: F) -> F:
             fail(str(exc), EXIT_SERVER)
         except StreamprocError as exc:
             fail(str(exc), EXIT_USAGE)
-        except redis.RedisError as exc:
+        except Exception as exc:
+            if not isinstance(exc, WireError) and not _is_redis_error(exc):
+                raise
             url = env._url if env and env._url else "the server"
             fail(str(describe_connection_error(url, exc)), EXIT_SERVER)
         except BrokenPipeError:
@@ -99,6 +125,12 @@ def handle_errors(func: F) -> F:
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _is_redis_error(exc: Exception) -> bool:
+    # redis-py is imported only by the commands that use it: until then no error can be its own.
+    redis = sys.modules.get("redis")
+    return redis is not None and isinstance(exc, redis.RedisError)
 
 
 @click.group(context_settings={"auto_envvar_prefix": "STREAMPROC", "show_default": True})
@@ -160,15 +192,22 @@ def ingest(
 ) -> None:
     """Import an orders CSV (path, .gz, or - for stdin). Exit 0 ok, 1 some rows rejected,
     2 unusable file, 3 server unreachable."""
+    from streamproc.groups import create_groups
     from streamproc.ingest import ingest_file
-    from streamproc.status import wait_drained
-    from streamproc.transport import ensure_groups_sync
 
-    client = env.client()
-    ensure_groups_sync(client, env.keys)
+    # The lean connection where it can serve: the server waits for this process's first batch.
+    target: Wire | redis.Redis
+    wire = env.wire()
+    if wire is not None:
+        create_groups(wire.call, env.keys)
+        target = wire
+    else:
+        client = env.client()
+        create_groups(client.execute_command, env.keys)
+        target = client
     with _progress_bar(enabled=not as_json and sys.stderr.isatty()) as progress:
         result = ingest_file(
-            client,
+            target,
             env.keys,
             file,
             env.settings.default_currency,
@@ -184,9 +223,15 @@ def ingest(
         click.echo(msgspec.json.encode(result).decode())
     else:
         click.echo(result.summary_line())
-    if wait_s is not None and wait_drained(client, env.keys, wait_s) is None:
+    if wait_s is not None and _waited(env, wait_s) is None:
         fail(f"stages not drained after {wait_s:g} s", EXIT_SOME_REJECTED)
     sys.exit(EXIT_SOME_REJECTED if result.rejected else EXIT_OK)
+
+
+def _waited(env: Env, wait_s: float) -> object:
+    from streamproc.status import wait_drained
+
+    return wait_drained(env.client(), env.keys, wait_s)
 
 
 @contextlib.contextmanager
@@ -251,6 +296,10 @@ def consume(
     # starting up (a supervisor's quick restart, a test's teardown) is a clean exit.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
+    import asyncio
+
+    from streamproc.server_settings import shortfalls
+
     stages = resolve_stages(stage)
     url = env.url
     with env.client() as client:  # fail fast and clearly when the server is not there
@@ -281,6 +330,8 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 
 def _use_uvloop() -> None:
+    import asyncio
+
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -416,6 +467,8 @@ def server_start(env: Env) -> None:
 @handle_errors
 def server_stop(env: Env) -> None:
     """Stop the embedded server (its data stays in the home directory)."""
+    from streamproc.embedded import stop_embedded
+
     stopped = stop_embedded(env.settings.home_dir)
     click.echo("stopped" if stopped else "not running")
 
@@ -425,6 +478,8 @@ def server_stop(env: Env) -> None:
 @handle_errors
 def server_status(env: Env) -> None:
     """Whether the embedded server runs, and where."""
+    from streamproc.embedded import embedded_status
+
     found = embedded_status(env.settings.home_dir)
     if found is None:
         fail("embedded server not running", 1)

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import date
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
-import redis.asyncio as aredis
 
 from streamproc.cli import Env, handle_errors, pass_env
-from streamproc.connection import async_client
 from streamproc.errors import ConfigError
 from streamproc.money import format_cents
 from streamproc.views import table
+
+if TYPE_CHECKING:
+    import redis.asyncio as aredis
 
 T = TypeVar("T")
 
 
 def _run(env: Env, work: Callable[[aredis.Redis], Awaitable[T]]) -> T:
+    # Imported here: every command registers at start-up, and `ingest` needs neither.
+    import asyncio
+
+    from streamproc.connection import async_client
+
     url = env.url
     env.client().close()  # fail fast and clearly when the server is not there
 
@@ -39,6 +44,8 @@ def _run(env: Env, work: Callable[[aredis.Redis], Awaitable[T]]) -> T:
 @handle_errors
 def snapshot(env: Env) -> None:
     """Append every terminal order not yet in the analytics store now, then merge small files."""
+    import asyncio
+
     from streamproc.analytics.snapshotter import SnapshotLoop
     from streamproc.analytics.store import FactStore, load_manifest
     from streamproc.context import StageContext

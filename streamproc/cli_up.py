@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -76,6 +75,8 @@ def up(
         OutputSink(sys.stdout, [spec.name for spec in specs], env.log_config.json),
         stop_timeout_s=env.settings.shutdown_grace_s + STOP_MARGIN_S,
     )
+    import asyncio  # here: every command registers at start-up, and `ingest` does without it
+
     code = asyncio.run(supervisor.run())
     if supervisor.gave_up is not None:
         fail(supervisor.gave_up, code)

@@ -1,13 +1,12 @@
-"""Where Redis is and how to talk to it: URL resolution, configured clients, readable errors."""
+"""How to talk to Redis: redis-py clients configured for streamproc (where: streamproc.address)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from typing import Any
-from urllib.parse import urlsplit
 
+import hiredis  # a dependency (redis[hiredis]); HIREDIS_AVAILABLE says whether redis-py uses it
 import redis
 import redis.asyncio
 import redis.asyncio.connection
@@ -17,35 +16,19 @@ from redis.connection import HiredisRespSerializer
 from redis.retry import Retry
 from redis.utils import HIREDIS_AVAILABLE
 
+from streamproc.address import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S
+from streamproc.wire import CannotConnect, ConnectionLost, ReplyError
+
 try:
     from redis.maint_notifications import MaintNotificationsConfig
 except ImportError:  # redis-py before 7 has no maintenance notifications
     MaintNotificationsConfig = None  # type: ignore[assignment,misc]
 
-if HIREDIS_AVAILABLE:
-    import hiredis
-
-from streamproc.embedded import ensure_embedded
-from streamproc.errors import ServerError
-from streamproc.settings import Settings
-
-CONNECT_TIMEOUT_S = 2.0
-# Must exceed the longest XREADGROUP BLOCK a caller issues; a hung server still surfaces.
-SOCKET_TIMEOUT_S = 10.0
 HEALTH_CHECK_INTERVAL_S = 15
 # 0.1, 0.2, 0.4, 0.8, 1.6, 2 s: about 5 s in all, enough to ride out a server restart.
 RETRY_BASE_S = 0.05
 RETRY_CAP_S = 2.0
 RETRIES = 6
-DEFAULT_PORT = 6379
-
-
-def resolve_redis_url(settings: Settings) -> tuple[str, str]:
-    """The URL to use and a one-line description of it (password masked)."""
-    if settings.redis_url:
-        return settings.redis_url, f"{_masked(settings.redis_url)} from STREAMPROC_REDIS_URL"
-    server = ensure_embedded(settings.home_dir)
-    return server.url, f"embedded valkey at {server.url} (data in {server.home_dir})"
 
 
 def sync_client(
@@ -203,55 +186,59 @@ def async_client(
     return redis.asyncio.Redis.from_pool(pool)
 
 
-def describe_connection_error(url: str, exc: Exception) -> ServerError:
-    """A one-line ServerError naming host:port and the reason, never the password."""
-    reason = _reason(exc)
-    password = urlsplit(url).password
-    if password:
-        reason = reason.replace(password, "***")
-    error = ServerError(f"cannot reach Redis at {_address(url)}: {reason}")
-    error.__cause__ = exc
-    return error
+class PooledLink:
+    """One connection of a redis-py client's pool, behind streamproc.wire's interface and errors:
+    what `ingest_file` runs on when it is given a redis-py client (the library, a TLS URL)."""
 
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._conn: Any = None
 
-def _reason(exc: BaseException) -> str:
-    # redis-py wraps the socket error; the OS's own words ("Connection refused") read best.
-    seen: BaseException | None = exc
-    visited: set[int] = set()  # a chain may loop (`raise exc from exc`): walk it once
-    while seen is not None and id(seen) not in visited:
-        visited.add(id(seen))
-        if isinstance(seen, OSError) and (seen.errno or seen.strerror):
-            # asyncio's strerror is "Connect call failed (...)"; the errno text is the same as sync.
-            if isinstance(seen.errno, int) and seen.errno > 0:
-                return os.strerror(seen.errno)
-            return str(seen.strerror)
-        seen = seen.__cause__ or seen.__context__
-    if isinstance(exc, redis.TimeoutError | TimeoutError):
-        return "timed out"
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text.rstrip(".")
+    def connect(self) -> None:
+        """Take a connection from the pool (connected) unless one is held; CannotConnect."""
+        if self._conn is not None:
+            return
+        try:
+            try:
+                self._conn = self._pool.get_connection()
+            except TypeError:  # redis-py before 5.3 wants a command name (later ones warn on it)
+                self._conn = self._pool.get_connection("EVAL")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise CannotConnect(str(exc)) from exc
 
+    def send(self, packed: bytes) -> None:
+        """Write commands already packed; the connection reconnects if it was closed."""
+        self.connect()
+        try:
+            # No health check: its PING would read a reply meant for a command in flight.
+            self._conn.send_packed_command([packed], check_health=False)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ConnectionLost(str(exc)) from exc
 
-def _address(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return parts.path
-    host = parts.hostname or "localhost"
-    if ":" in host:
-        host = f"[{host}]"  # IPv6 literal
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        return host
-    return f"{host}:{port}"
+    def read(self) -> Any:
+        """The next reply; ReplyError for an error reply, ConnectionLost for a broken one."""
+        if self._conn is None:
+            raise ConnectionLost("not connected")
+        try:
+            return self._conn.read_response()
+        except redis.ResponseError as exc:
+            raise ReplyError(str(exc)) from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ConnectionLost(str(exc)) from exc
 
+    def call(self, *args: str | bytes | int | float) -> Any:
+        """Send one command and return its reply."""
+        # hiredis packs in C; its stub types the argument as a 1-tuple.
+        self.send(hiredis.pack_command(args))  # type: ignore[arg-type]
+        return self.read()
 
-def _masked(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        db = f"?{parts.query}" if parts.query else ""
-        return f"unix://{parts.path}{db}"
-    user = parts.username or ""
-    credentials = f"{user}:***@" if parts.password else (f"{user}@" if user else "")
-    db = parts.path.strip("/") or "0"
-    return f"{parts.scheme}://{credentials}{_address(url)}/{db}"
+    def disconnect(self) -> None:
+        """Close the socket (unread replies are lost); the next send reconnects."""
+        if self._conn is not None:
+            self._conn.disconnect()
+
+    def release(self) -> None:
+        """Give the connection back to the pool."""
+        if self._conn is not None:
+            self._pool.release(self._conn)
+            self._conn = None

@@ -12,11 +12,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NoReturn, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, NoReturn, Protocol
 
 import hiredis
 import msgspec
-import redis
 
 from streamproc.clock import now_ms, utc_day
 from streamproc.csvinput import STDIN_PATH, InputFile, open_orders_file
@@ -25,6 +24,12 @@ from streamproc.errors import InputFileError, ServerError
 from streamproc.keys import Keys
 from streamproc.lua import script_source
 from streamproc.models import order_encoder
+from streamproc.wire import CannotConnect, ConnectionLost, ReplyError, Wire, WireError
+
+if TYPE_CHECKING:
+    import redis
+
+    from streamproc.connection import PooledLink
 
 ProgressFn = Callable[[int], None]
 
@@ -125,14 +130,18 @@ class _RejectsWriter:
 _IN_FLIGHT = 3
 
 
-class _Connection(Protocol):
-    """What the pipeline uses of a redis-py connection (which leaves these methods untyped)."""
+class Link(Protocol):
+    """The one connection an import runs on: a streamproc.wire.Wire (the CLI), or a connection
+    of a redis-py client's pool behind the same interface (streamproc.connection.PooledLink).
+    Both raise streamproc.wire's errors."""
 
-    def send_packed_command(self, command: list[bytes], check_health: bool = True) -> None: ...
+    def connect(self) -> None: ...
 
-    def send_command(self, *args: Any, check_health: bool = True) -> None: ...
+    def send(self, packed: bytes) -> None: ...
 
-    def read_response(self) -> Any: ...
+    def read(self) -> Any: ...
+
+    def call(self, *args: str | bytes | int | float) -> Any: ...
 
     def disconnect(self) -> None: ...
 
@@ -156,10 +165,9 @@ class _Pipeline:
     """Sends batches to ingest.lua on one connection, pipelined: the server runs batch N while the
     caller parses batch N+1. Replies come back in order, so the counts stay exact."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, force: bool) -> None:
-        self._client = client
-        self._pool = client.connection_pool
-        self._conn: _Connection | None = None  # taken on the first batch
+    def __init__(self, link: Link, keys: Keys, force: bool) -> None:
+        self._link = link
+        self._connected = False  # on the first batch
         # EVAL, not EVALSHA: the server caches the script by its digest, and a NOSCRIPT (a restart,
         # SCRIPT FLUSH) can never fail a batch whose successors are already on the wire.
         self._script = script_source("ingest").encode()
@@ -210,14 +218,13 @@ class _Pipeline:
         )
         # hiredis packs in C; its stub types the argument as a 1-tuple.
         packed = hiredis.pack_command(command)  # type: ignore[arg-type]
-        if self._conn is None:
-            self._conn = self._connect(lines[0])
+        if not self._connected:
+            self._connect(lines[0])
         self._in_flight.append(lines)
         self._fence = (order_keys[-1],)
         try:
-            # No health check: its PING would read a reply meant for a batch in flight.
-            self._conn.send_packed_command([packed], check_health=False)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._link.send(packed)
+        except ConnectionLost as exc:
             self._lost(exc)
         while len(self._in_flight) >= _IN_FLIGHT:
             self._collect()
@@ -237,44 +244,36 @@ class _Pipeline:
 
     def _count_rejected(self, rejected: int) -> None:
         # Statistics only: an import that went through is not failed for them.
-        with contextlib.suppress(redis.RedisError):
-            self._client.hincrby(self._rows, "rejected", rejected)
+        with contextlib.suppress(WireError):
+            self._link.call("HINCRBY", self._rows, "rejected", rejected)
 
     def close(self) -> None:
-        """Give the connection back; one with unread replies is closed rather than reused."""
-        if self._conn is None:
-            return
+        """Leave the connection reusable: one with unread replies is closed."""
         if self._in_flight:
-            self._conn.disconnect()
+            self._link.disconnect()
             self._in_flight.clear()
-        self._pool.release(cast(Any, self._conn))
-        self._conn = None
 
-    def _connect(self, line: int) -> _Connection:
-        """A connection of the client's pool for this import; nothing is sent yet if it fails."""
+    def _connect(self, line: int) -> None:
+        """Connect for this import; nothing is sent yet if it fails."""
         try:
-            try:
-                connection = self._pool.get_connection()
-            except TypeError:  # redis-py before 5.3 wants a command name (later ones warn on it)
-                connection = self._pool.get_connection("EVAL")
-            return cast(_Connection, connection)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._link.connect()
+        except CannotConnect as exc:
             self._fail(_Failure(line, f"cannot reach the server ({exc})"))
             raise _Stopped from None
+        self._connected = True
 
     def _collect(self) -> None:
         """Read the oldest batch's reply and count what it did."""
-        assert self._conn is not None
         lines = self._in_flight[0]
         try:
-            reply = self._conn.read_response()
-        except redis.ResponseError as exc:
+            reply = self._link.read()
+        except ReplyError as exc:
             # Refused (BUSY, READONLY...) or aborted outside the script's per-order checks: it
             # may have done part of its work, and cannot say which part.
             self._in_flight.popleft()
             self._fail(_Failure(lines[0], str(exc), uncertain=len(lines)))
             return
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except ConnectionLost as exc:
             self._lost(exc)
         self._in_flight.popleft()
         after_failure = self.failure is not None
@@ -297,24 +296,22 @@ class _Pipeline:
         if self.failure is None:
             self.failure = failure
 
-    def _lost(self, exc: redis.RedisError) -> NoReturn:
+    def _lost(self, exc: ConnectionLost) -> NoReturn:
         """The connection broke: every batch still in flight may or may not have been run."""
         first = self._in_flight[0][0]
         uncertain = sum(len(lines) for lines in self._in_flight)
         self._in_flight.clear()
-        if self._conn is not None:
-            self._conn.disconnect()
+        self._link.disconnect()
         self._fail(_Failure(first, f"lost the connection to the server ({exc})", uncertain))
         raise _Stopped
 
     def _clear_stop_marker(self) -> None:
         # Every batch sent has answered, so the marker has done its job; its expiry is the backstop
         # for a client that dies first.
-        if self._conn is None:
+        if not self._connected:
             return
-        with contextlib.suppress(redis.RedisError):
-            self._conn.send_command("DEL", self._stop_key, check_health=False)
-            self._conn.read_response()
+        with contextlib.suppress(WireError):
+            self._link.call("DEL", self._stop_key)
 
 
 def _text(value: bytes | str) -> str:
@@ -358,7 +355,7 @@ def _import(
 
 
 def ingest_file(
-    client: redis.Redis,
+    client: redis.Redis | Wire,
     keys: Keys,
     path: str,
     default_currency: str,
@@ -372,7 +369,13 @@ def ingest_file(
     """Import one file; raises InputFileError (nothing imported) when it is unusable, and
     IngestInterrupted (what was imported so far in its result) when the server fails partway."""
     started = time.perf_counter()
-    pipeline = _Pipeline(client, keys, force)
+    pooled: PooledLink | None = None
+    link: Link
+    if isinstance(client, Wire):
+        link = client
+    else:
+        link = pooled = _pooled_link(client)
+    pipeline = _Pipeline(link, keys, force)
     with open_orders_file(path) as source:
         reader = OrderReader(source.text, default_currency, source.name)
         if reader.unknown_columns and on_unknown_columns:
@@ -391,6 +394,8 @@ def ingest_file(
             stopped = True
         finally:
             pipeline.close()
+            if pooled is not None:
+                pooled.release()  # back to the client's pool
             rejects.close()
         if not rejects.count and not explicit_rejects:
             # The default rejects file describes the last import: a clean one leaves none behind.
@@ -416,6 +421,12 @@ def ingest_file(
         )
         raise IngestInterrupted(message, result)
     return result
+
+
+def _pooled_link(client: redis.Redis) -> PooledLink:
+    from streamproc.connection import PooledLink  # redis-py: the caller already imported it
+
+    return PooledLink(client)
 
 
 def _report_progress(progress: Callable[[int, int | None], None], source: InputFile) -> None:

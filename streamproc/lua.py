@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
-import redis.asyncio as aredis
-from redis.commands.core import AsyncScript, Script
+if TYPE_CHECKING:  # `ingest` reads its script's source here without importing redis-py
+    import redis
+    import redis.asyncio as aredis
+    from redis.commands.core import AsyncScript, Script
 
 
 def script_names() -> tuple[str, ...]:

@@ -18,7 +18,8 @@ from redis.exceptions import ResponseError
 
 from streamproc.clock import now_ms, utc_day
 from streamproc.errors import ServerError
-from streamproc.keys import STAGES, Keys, record_bucket
+from streamproc.groups import create_groups, group_specs
+from streamproc.keys import Keys, record_bucket
 from streamproc.lua import AsyncScripts
 from streamproc.models import (
     COMPLETED,
@@ -160,22 +161,9 @@ TRIM_STEP = 10_000
 TRIM_CALLS = 100
 
 
-def _group_specs(keys: Keys) -> list[tuple[str, str, str]]:
-    """(stream, group, id to start from) of every stage's group on every stream it reads.
-
-    A group created on another stage's stream starts at its end ("$"): the entries already there
-    were written by earlier versions, which enqueued them on the stage's own stream as well.
-    """
-    return [
-        (stream, keys.group(stage), "0" if stream == keys.stream(stage) else "$")
-        for stage in STAGES
-        for stream in keys.sources(stage)
-    ]
-
-
 async def ensure_groups(client: aredis.Redis, keys: Keys) -> None:
     """Create every stage stream and its group(s) when missing."""
-    for stream, group, start in _group_specs(keys):
+    for stream, group, start in group_specs(keys):
         try:
             await client.xgroup_create(stream, group, id=start, mkstream=True)
         except ResponseError as exc:
@@ -184,13 +172,8 @@ async def ensure_groups(client: aredis.Redis, keys: Keys) -> None:
 
 
 def ensure_groups_sync(client: redis.Redis, keys: Keys) -> None:
-    """ensure_groups for the blocking client (ingest creates them before its first XADD)."""
-    for stream, group, start in _group_specs(keys):
-        try:
-            client.xgroup_create(stream, group, id=start, mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    """ensure_groups for the blocking client."""
+    create_groups(client.execute_command, keys)
 
 
 class StageStream:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
-from streamproc.deadletters import DeadLetter
-from streamproc.status import Status
-from streamproc.stock import StockRow
+if TYPE_CHECKING:  # imported by every command at start-up; these import redis-py
+    from streamproc.deadletters import DeadLetter
+    from streamproc.status import Status
+    from streamproc.stock import StockRow
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

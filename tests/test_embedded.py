@@ -16,12 +16,8 @@ import pytest
 import redis
 
 from streamproc import embedded
-from streamproc.connection import (
-    async_client,
-    describe_connection_error,
-    resolve_redis_url,
-    sync_client,
-)
+from streamproc.address import describe_connection_error, resolve_redis_url
+from streamproc.connection import async_client, sync_client
 from streamproc.embedded import embedded_status, ensure_embedded, stop_embedded
 from streamproc.errors import ServerError
 from streamproc.settings import Settings

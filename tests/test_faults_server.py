@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from streamproc.connection import describe_connection_error
+from streamproc.address import describe_connection_error
 from streamproc.ingest import ingest_file
 from streamproc.keys import STAGES, Keys
 from tests.helpers import ServerHandle, ping, run_cli, spawn_cli, stop_procs
