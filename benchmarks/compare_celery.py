@@ -155,10 +155,15 @@ def reset_server(url: str) -> None:
 
 # -- processes ----------------------------------------------------------------------------------
 def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A child in its own session (so its pool children stop with it), output to `log`."""
+    """A child in its own process group (so its pool children stop with it), output to `log`.
+
+    Not in a session of its own: under the scheduler's autogroups each session is a CPU group,
+    and a consumer (or worker) in one of its own would weigh as much as the server, which has
+    one (benchmarks/common.py). Both systems' processes share the benchmark's group instead.
+    """
     with log.open("ab") as out:
         return subprocess.Popen(
-            argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, process_group=0
         )
 
 

@@ -55,6 +55,11 @@ def test_up_runs_every_stage_restarts_a_killed_consumer_and_stops_on_ctrl_c(
         up.wait_ready(scale, api_port)
         tree = up.tree()
         assert len(tree) == 8, tree  # 7 consumers and the API, nothing else
+        for pid in tree:
+            # A process group of its own (Ctrl-C reaches `up` alone), in `up`'s session: one
+            # CPU group with it under autogroups, not one each beside the server's.
+            assert os.getpgid(pid) == pid
+            assert os.getsid(pid) == os.getsid(up.proc.pid)
         for stage, count in scale.items():
             assert len(up.stage_pids(stage)) == count, (stage, tree)
         # Each consumer got its own metrics port, in stage order; the API none.
