@@ -115,13 +115,13 @@ def handle_errors(func: F) -> F:
             fail(str(exc), EXIT_SERVER)
         except StreamprocError as exc:
             fail(str(exc), EXIT_USAGE)
+        except BrokenPipeError:
+            sys.exit(EXIT_OK)  # output piped into head & co.
         except Exception as exc:
             if not isinstance(exc, WireError) and not _is_redis_error(exc):
                 raise
             url = env._url if env and env._url else "the server"
             fail(str(describe_connection_error(url, exc)), EXIT_SERVER)
-        except BrokenPipeError:
-            sys.exit(EXIT_OK)  # output piped into head & co.
         return None
 
     return wrapper  # type: ignore[return-value]
