@@ -116,12 +116,19 @@ def process_cpu_seconds(pid: int, children: bool = False) -> float:
     return (int(fields[first]) + int(fields[first + 1])) / CLOCK_TICKS
 
 
-def server_cpu_seconds(client: redis.Redis, children: bool = False) -> float:
-    """The server's CPU seconds so far (INFO cpu, user + sys); with `children`, those of its
-    finished children instead (the AOF rewrites)."""
+def server_cpu_seconds(client: redis.Redis) -> float:
+    """The server's CPU seconds so far (INFO cpu, user + sys)."""
+    return server_cpu_split(client)[0]
+
+
+def server_cpu_split(client: redis.Redis) -> tuple[float, float]:
+    """(the server's CPU seconds so far, those of its finished children: the AOF rewrites), both
+    from one INFO cpu."""
     cpu = client.info("cpu")
-    suffix = "_children" if children else ""
-    return float(cpu[f"used_cpu_user{suffix}"]) + float(cpu[f"used_cpu_sys{suffix}"])
+    return (
+        float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+        float(cpu["used_cpu_user_children"]) + float(cpu["used_cpu_sys_children"]),
+    )
 
 
 def machine() -> dict[str, Any]:

@@ -42,7 +42,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import machine, pipeline_env, private_server, save, server_cpu_seconds
+from benchmarks.common import machine, pipeline_env, private_server, save, server_cpu_split
 from benchmarks.generate import write_orders
 from benchmarks.slowlog import (
     BENCH_CLIENT,
@@ -58,11 +58,6 @@ from streamproc.workflow import FACTS_STAGE
 
 STAGES = ("ingest", "reserve", "payment", "notify", "snapshot")
 CLI = [sys.executable, "-m", "streamproc"]
-
-
-def _server_cpu(client: redis.Redis) -> tuple[float, float]:
-    """(the server process's CPU seconds, its finished children's)."""
-    return server_cpu_seconds(client), server_cpu_seconds(client, children=True)
 
 
 def _drained(client: redis.Redis, stream: str, group: str) -> bool:
@@ -119,7 +114,7 @@ def _one_run(
             for stage in STAGES:
                 log.take()  # what the previous stage's shutdown logged is nobody's
                 admin.config_resetstat()
-                cpu, children = _server_cpu(admin)
+                cpu, children = server_cpu_split(admin)
                 started = time.perf_counter()
                 if poll:
                     log.start()
@@ -127,7 +122,7 @@ def _one_run(
                     with _stage_done(stage, env, procs, csv_path, admin):
                         seconds = time.perf_counter() - started
                         log.stop()
-                        cpu_after, children_after = _server_cpu(admin)
+                        cpu_after, children_after = server_cpu_split(admin)
                         stats = admin.info("commandstats")
                         profile = log.take()
                         stream = Keys().sources("reserve" if stage == "ingest" else stage)[0]

@@ -223,15 +223,12 @@ def ingest(
         click.echo(msgspec.json.encode(result).decode())
     else:
         click.echo(result.summary_line())
-    if wait_s is not None and _waited(env, wait_s) is None:
-        fail(f"stages not drained after {wait_s:g} s", EXIT_SOME_REJECTED)
+    if wait_s is not None:
+        from streamproc.status import wait_drained
+
+        if wait_drained(env.client(), env.keys, wait_s) is None:
+            fail(f"stages not drained after {wait_s:g} s", EXIT_SOME_REJECTED)
     sys.exit(EXIT_SOME_REJECTED if result.rejected else EXIT_OK)
-
-
-def _waited(env: Env, wait_s: float) -> object:
-    from streamproc.status import wait_drained
-
-    return wait_drained(env.client(), env.keys, wait_s)
 
 
 @contextlib.contextmanager

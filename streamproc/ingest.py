@@ -29,8 +29,6 @@ from streamproc.wire import CannotConnect, ConnectionLost, ReplyError, Wire, Wir
 if TYPE_CHECKING:
     import redis
 
-    from streamproc.connection import PooledLink
-
 ProgressFn = Callable[[int], None]
 
 
@@ -145,6 +143,8 @@ class Link(Protocol):
 
     def disconnect(self) -> None: ...
 
+    def release(self) -> None: ...
+
 
 class _Stopped(Exception):
     """The import stopped partway; the pipeline's `failure` says where and why."""
@@ -248,10 +248,11 @@ class _Pipeline:
             self._link.call("HINCRBY", self._rows, "rejected", rejected)
 
     def close(self) -> None:
-        """Leave the connection reusable: one with unread replies is closed."""
+        """Give the connection back; one with unread replies is closed rather than reused."""
         if self._in_flight:
             self._link.disconnect()
             self._in_flight.clear()
+        self._link.release()
 
     def _connect(self, line: int) -> None:
         """Connect for this import; nothing is sent yet if it fails."""
@@ -369,12 +370,7 @@ def ingest_file(
     """Import one file; raises InputFileError (nothing imported) when it is unusable, and
     IngestInterrupted (what was imported so far in its result) when the server fails partway."""
     started = time.perf_counter()
-    pooled: PooledLink | None = None
-    link: Link
-    if isinstance(client, Wire):
-        link = client
-    else:
-        link = pooled = _pooled_link(client)
+    link = client if isinstance(client, Wire) else _pooled_link(client)
     pipeline = _Pipeline(link, keys, force)
     with open_orders_file(path) as source:
         reader = OrderReader(source.text, default_currency, source.name)
@@ -394,8 +390,6 @@ def ingest_file(
             stopped = True
         finally:
             pipeline.close()
-            if pooled is not None:
-                pooled.release()  # back to the client's pool
             rejects.close()
         if not rejects.count and not explicit_rejects:
             # The default rejects file describes the last import: a clean one leaves none behind.
@@ -423,7 +417,7 @@ def ingest_file(
     return result
 
 
-def _pooled_link(client: redis.Redis) -> PooledLink:
+def _pooled_link(client: redis.Redis) -> Link:
     from streamproc.connection import PooledLink  # redis-py: the caller already imported it
 
     return PooledLink(client)

@@ -162,6 +162,9 @@ class Wire:
         self.send(hiredis.pack_command(args))  # type: ignore[arg-type]
         return self.read()
 
+    def release(self) -> None:
+        """Nothing to give back: the caller holds this connection (see PooledLink.release)."""
+
     def disconnect(self) -> None:
         """Close the connection (replies still unread are lost); the next use reconnects."""
         if self._sock is not None:
